@@ -1,0 +1,178 @@
+"""Thin helpers over onnx-graphsurgeon: constants, producers/consumers, rewiring, shapes.
+
+Passes only trust shapes that ``infer_shapes`` computed: declared value_info in files from other
+exporters can be wrong, so it is discarded and recomputed with onnx's shape inference.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+log = logging.getLogger(__name__)
+
+INLINE_LIMIT = 64  # constants with more elements are given to shape inference as typed inputs
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of a tensor that is an initializer or the output of a Constant node."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    node = producer(tensor)
+    if node is not None and node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
+        return np.asarray(node.attrs["value"].values)
+    return None
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    return list(tensor.outputs)
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(out is tensor for out in graph.outputs)
+
+
+def is_private(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    """True when ``tensor`` feeds exactly one node and is not a graph output: safe to rewrite."""
+    return len(tensor.outputs) == 1 and not is_graph_output(graph, tensor)
+
+
+def unique_name(graph: gs.Graph, base: str) -> str:
+    taken = graph.tensors().keys() | {node.name for node in graph.nodes}
+    if base not in taken:
+        return base
+    for index in itertools.count(1):
+        candidate = f"{base}_{index}"
+        if candidate not in taken:
+            return candidate
+    raise AssertionError("unreachable")
+
+
+def new_constant(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:
+    return gs.Constant(unique_name(graph, base), np.ascontiguousarray(values))
+
+
+def remove_node(graph: gs.Graph, node: gs.Node, keep_input: int = 0) -> bool:
+    """Remove a single-output node whose output equals its input ``keep_input`` (``y := x``).
+
+    Consumers of the output are rewired to the input. When the output is a graph output, the
+    producer of the input is made to write the graph output instead, which is only legal when
+    nothing else reads the input. Returns False (graph untouched) when neither is possible.
+    """
+    source, result = node.inputs[keep_input], node.outputs[0]
+    if is_graph_output(graph, result):
+        upstream = producer(source)
+        if upstream is None or not is_private(graph, source) or source in graph.inputs:
+            return False
+        upstream.outputs[upstream.outputs.index(source)] = result
+    else:
+        for consumer in consumers(result):
+            consumer.inputs[:] = [source if tensor is result else tensor for tensor in consumer.inputs]
+    node.inputs.clear()
+    node.outputs.clear()
+    return True
+
+
+def static_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape of ``tensor`` when every dimension is a known integer."""
+    shape = tensor.shape
+    if shape is None or any(not isinstance(dim, (int, np.integer)) or dim < 0 for dim in shape):
+        return None
+    return tuple(int(dim) for dim in shape)
+
+
+def rank(tensor: gs.Tensor) -> int | None:
+    return None if tensor.shape is None else len(tensor.shape)
+
+
+def infer_shapes(graph: gs.Graph) -> gs.Graph:
+    """Recompute the shape and dtype of every intermediate tensor with onnx's shape inference.
+
+    Large constants are handed to inference as typed graph inputs instead of data, so models
+    over 2 GB are inferred without serializing their weights.
+    """
+    probe = _inference_model(graph)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
+    except (onnx.shape_inference.InferenceError, RuntimeError) as exc:
+        log.debug("shape inference failed: %s", exc)
+        inferred = probe
+    known = {info.name: info for info in inferred.graph.value_info}
+    known.update({info.name: info for info in inferred.graph.output})
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Variable) and tensor not in graph.inputs:
+            _assign(tensor, known.get(tensor.name))
+    return graph
+
+
+def _inference_model(graph: gs.Graph) -> onnx.ModelProto:
+    big = [t for t in graph.tensors().values() if isinstance(t, gs.Constant) and _size(t) > INLINE_LIMIT]
+    saved = {t.name: t.values for t in big}
+    outputs = [(t, t.shape) for t in graph.outputs]
+    try:
+        for tensor in big:
+            tensor.values = np.zeros(0, dtype=tensor.dtype)
+        for tensor, _ in outputs:
+            tensor.shape = None
+        model = gs.export_onnx(graph, do_type_check=False)
+    finally:
+        for tensor in big:
+            tensor.values = saved[tensor.name]
+        for tensor, shape in outputs:
+            tensor.shape = shape
+    kept = [init for init in model.graph.initializer if init.name not in saved]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    del model.graph.value_info[:]
+    for tensor in big:
+        model.graph.input.append(
+            onnx.helper.make_tensor_value_info(tensor.name, _onnx_dtype(saved[tensor.name]), list(tensor.shape))
+        )
+    return model
+
+
+def _size(tensor: gs.Constant) -> int:
+    return int(np.prod(tensor.shape)) if tensor.shape is not None else 0
+
+
+def _onnx_dtype(values: np.ndarray) -> int:
+    return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values).dtype)
+
+
+def _assign(tensor: gs.Variable, info: onnx.ValueInfoProto | None) -> None:
+    if info is None or not info.type.HasField("tensor_type"):
+        tensor.shape = None
+        return
+    tensor_type = info.type.tensor_type
+    if tensor_type.elem_type:
+        tensor.dtype = onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type)
+    if not tensor_type.HasField("shape"):
+        tensor.shape = None
+        return
+    tensor.shape = [
+        dim.dim_value if dim.HasField("dim_value") else (dim.dim_param or None) for dim in tensor_type.shape.dim
+    ]
+
+
+class Skip(Exception):
+    """A rewrite cannot be proven legal here; the message says why and the graph is untouched."""
+
+
+def set_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray, base: str) -> None:
+    """Give ``node`` input ``index`` the constant ``values``: in place when no other node reads it."""
+    current = node.inputs[index] if index < len(node.inputs) else None
+    if isinstance(current, gs.Constant) and len(current.outputs) == 1 and not is_graph_output(graph, current):
+        current.values = np.ascontiguousarray(values)
+        return
+    replacement = new_constant(graph, base, values)
+    while len(node.inputs) <= index:
+        node.inputs.append(gs.Variable.empty())
+    node.inputs[index] = replacement
