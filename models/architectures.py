@@ -24,6 +24,7 @@ from torch import nn
 NUM_CLASSES = 10
 
 Activation = Callable[[], nn.Module]
+BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
 # --- shared building blocks -------------------------------------------------------------
@@ -38,7 +39,7 @@ def conv_bn(
     act: Activation | None = nn.ReLU,
     bn: bool = True,
 ) -> nn.Sequential:
-    """Conv (no bias when a BN follows), optional BN, optional activation: the common stem of every family."""
+    """Conv (bias only without BN), optional BN, optional activation: every family's basic unit."""
     layers: list[nn.Module] = [
         nn.Conv2d(cin, cout, kernel, stride, kernel // 2, groups=groups, bias=not bn)
     ]
@@ -73,13 +74,15 @@ class Parallel(nn.Module):
         return functools.reduce(operator.add, outputs)  # not sum(): that would emit Add(0, x)
 
 
-def residual(body: nn.Module, shortcut: nn.Module | None = None, act: Activation = nn.Identity) -> nn.Sequential:
+def residual(
+    body: nn.Module, shortcut: nn.Module | None = None, act: Activation = nn.Identity
+) -> nn.Sequential:
     """act(body(x) + shortcut(x)); the shortcut defaults to identity."""
     return nn.Sequential(Parallel([body, nn.Identity() if shortcut is None else shortcut], "sum"), act())
 
 
 class PadShortcut(nn.Module):
-    """Parameter-free CIFAR ResNet "option A" shortcut: subsample by 2, zero-pad new channels (Slice + Pad)."""
+    """Parameter-free CIFAR ResNet "option A" shortcut: subsample by 2, zero-pad channels (Slice + Pad)."""
 
     def __init__(self, extra_channels: int) -> None:
         super().__init__()
@@ -98,7 +101,7 @@ def projection(cin: int, cout: int, stride: int) -> nn.Module:
 
 
 class SqueezeExcite(nn.Module):
-    """x * gate(fc2(act(fc1(avgpool(x))))): the channel-attention block of MobileNetV3/EfficientNet/RegNetY."""
+    """x * gate(fc2(act(fc1(avgpool(x))))): channel attention of MobileNetV3, EfficientNet, RegNetY."""
 
     def __init__(self, channels: int, squeeze: int, act: Activation, gate: Activation) -> None:
         super().__init__()
@@ -375,7 +378,9 @@ def mobilenet_v2() -> nn.Sequential:
     )
 
 
-def _v3_block(cin: int, kernel: int, hidden: int, cout: int, se: bool, act: Activation, stride: int) -> nn.Sequential:
+def _v3_block(
+    cin: int, kernel: int, hidden: int, cout: int, se: bool, act: Activation, stride: int
+) -> nn.Sequential:
     """MobileNetV3 bneck row (k, exp, out, SE, NL, s); SE squeezes to hidden/4 with a hard-sigmoid gate."""
     gate = SqueezeExcite(hidden, make_divisible(hidden / 4), nn.ReLU, nn.Hardsigmoid) if se else None
     return inverted_residual(cin, hidden, cout, kernel, stride, act, gate)
@@ -587,11 +592,11 @@ INPUT_SHAPES: dict[str, tuple[int, ...]] = {name: (1, 3, 32, 32) for name in ARC
 def _randomize_norms(model: nn.Module, gen: torch.Generator) -> None:
     """Give BN stats, norm affines and layer scales trained-looking values, so folds are not identities."""
     for module in model.modules():
-        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+        if isinstance(module, BATCHNORMS):
             n = module.num_features
             module.running_mean.copy_(torch.randn(n, generator=gen) * 0.1)
             module.running_var.copy_(torch.rand(n, generator=gen) + 0.5)
-        if isinstance(module, (nn.modules.batchnorm._BatchNorm, nn.LayerNorm)):
+        if isinstance(module, (*BATCHNORMS, nn.LayerNorm)):
             module.weight.copy_(torch.rand(module.weight.shape, generator=gen) + 0.5)
             module.bias.copy_(torch.randn(module.bias.shape, generator=gen) * 0.1)
         if isinstance(module, LayerScale):

@@ -54,7 +54,7 @@ def export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
     """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
-        warnings.filterwarnings("ignore", message=".*recommended that constant folding be turned off")
+        warnings.filterwarnings("ignore", message=".*constant folding be turned off")
         _export(model, x, path)
 
 

@@ -21,7 +21,7 @@ DATASETS = ("cifar10", "mnist")
 
 
 def write_subset(source: Path, target: Path, count: int) -> None:
-    """Save the first ``count`` test images and labels of ``source``, dtypes and layout unchanged."""
+    """Save the first ``count`` test images and labels of ``source``, layout and dtype as-is."""
     with np.load(source) as z:
         x, y = z["x_test"][:count], z["y_test"][:count]
     np.savez_compressed(target, x_test=x, y_test=y)

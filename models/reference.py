@@ -18,19 +18,20 @@ PREPROCESSING: dict[str, dict[str, tuple[float, ...]]] = {
 }
 """Per-channel mean/std applied after scaling uint8 pixels to [0, 1]."""
 
+VGG16_CFG: tuple[int | str, ...] = (
+    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
+)
+"""Output widths of VGG-16's 13 convolutions; "M" is a 2x2 max-pool."""
+
 
 def preprocess(images: np.ndarray, dataset: str) -> np.ndarray:
-    """Turn uint8 NHW (MNIST) or NHWC (CIFAR) images into the float32 NCHW input the models expect."""
+    """Turn uint8 NHW (MNIST) or NHWC (CIFAR) images into the float32 NCHW input of the models."""
     x = images.astype(np.float32) / 255.0
     x = x[:, None] if x.ndim == 3 else x.transpose(0, 3, 1, 2)
     spec = PREPROCESSING[dataset]
     mean = np.asarray(spec["mean"], np.float32).reshape(1, -1, 1, 1)
     std = np.asarray(spec["std"], np.float32).reshape(1, -1, 1, 1)
     return np.ascontiguousarray((x - mean) / std)
-
-VGG16_CFG: tuple[int | str, ...] = (
-    64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M",
-)
 
 
 class LeNet5(nn.Module):
