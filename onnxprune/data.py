@@ -137,7 +137,9 @@ def _random_array(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, .
         return rng.integers(0, 10, size=shape).astype(spec.dtype)
     if kind == "b":
         return rng.random(shape) < 0.5
-    raise UnsupportedModelError(f"input '{spec.name}' has dtype {spec.dtype}; cannot make random data")
+    raise UnsupportedModelError(
+        f"input '{spec.name}' has dtype {spec.dtype}; cannot make random data for it"
+    )
 
 
 def random_feeds(
@@ -152,13 +154,15 @@ def random_feeds(
     if missing:
         raise InputError(f"no shape for input(s) {', '.join(missing)}")
     rng = np.random.default_rng(seed)
-    return [{s.name: _random_array(rng, s, tuple(shapes[s.name])) for s in specs} for _ in range(count)]
+    return [
+        {s.name: _random_array(rng, s, tuple(shapes[s.name])) for s in specs} for _ in range(count)
+    ]
 
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise InputError(f"data file '{path}' not found")
-    if path.suffix not in (".npz", ".npy"):
+    if path.suffix.lower() not in (".npz", ".npy"):
         raise InputError(f"data file '{path}' must be .npz or .npy")
     try:
         loaded = np.load(path, allow_pickle=False)
@@ -170,8 +174,10 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         raise InputError(f"cannot read data file '{path}': {exc}") from exc
 
 
-def _pick_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], path: Path) -> dict[str, np.ndarray]:
-    """Map file arrays to inputs: by name, or for one input `x_test` or the only array."""
+def _pick_arrays(
+    arrays: dict[str, np.ndarray], specs: list[InputSpec], path: Path
+) -> dict[str, np.ndarray]:
+    """Map file arrays to inputs by name; a single input also takes `x_test` or the only array."""
     if len(specs) == 1:
         name = specs[0].name
         for key in (name, PREFERRED_NPZ_KEY, ""):
@@ -180,37 +186,61 @@ def _pick_arrays(arrays: dict[str, np.ndarray], specs: list[InputSpec], path: Pa
         if len(arrays) == 1:
             return {name: next(iter(arrays.values()))}
         raise InputError(
-            f"data file '{path}' has arrays {sorted(arrays)}; name one '{name}' or '{PREFERRED_NPZ_KEY}'"
+            f"data file '{path}' has arrays {sorted(arrays)}; "
+            f"name one '{name}' or '{PREFERRED_NPZ_KEY}'"
         )
     if "" in arrays:
-        raise InputError(f"a .npy file holds one array, but the model has {len(specs)} inputs; use .npz")
+        raise InputError(
+            f"data file '{path}' holds one array but the model has {len(specs)} inputs; use .npz"
+        )
     missing = [s.name for s in specs if s.name not in arrays]
     if missing:
         raise InputError(f"data file '{path}' has no array for input(s) {', '.join(missing)}")
     return {s.name: arrays[s.name] for s in specs}
 
 
-def _prepare(spec: InputSpec, array: np.ndarray, target: tuple[Dim, ...]) -> np.ndarray:
-    """Add a missing batch axis, turn uint8 NHWC images into NCHW in [0, 1], check, cast."""
-    if array.ndim == len(target) - 1:
-        array = array[np.newaxis]
+def _fits(shape: Sequence[int], target: Sequence[Dim]) -> bool:
+    return len(shape) == len(target) and all(
+        not isinstance(t, int) or s == t for s, t in zip(shape, target)
+    )
+
+
+def _to_model_layout(array: np.ndarray, target: tuple[Dim, ...]) -> np.ndarray:
+    """Give image-like data the model's rank and NCHW layout.
+
+    One axis short: a single sample (batch axis added) or, for a 1-channel NCHW input, a
+    batch of grayscale NHW images (channel axis added). A 4-D uint8 array whose last axis
+    is the channel count (and whose axis 1 is not) is NHWC and gets transposed.
+    """
     channels = target[1] if len(target) == 4 else None
+    if array.ndim == len(target) - 1:
+        if _fits(array.shape, target[1:]):
+            return array[np.newaxis]
+        if channels == 1:
+            return array[:, np.newaxis]
     if (
         array.dtype == np.uint8
-        and spec.dtype.kind == "f"
         and array.ndim == 4
         and isinstance(channels, int)
         and array.shape[-1] == channels
         and array.shape[1] != channels
     ):
-        logger.info("input '%s': uint8 NHWC data transposed to NCHW and scaled to [0, 1]", spec.name)
-        array = array.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
-    expected = _format_shape(target)
-    if array.ndim != len(target) or any(
-        isinstance(t, int) and a != t for a, t in zip(array.shape[1:], target[1:])
-    ):
-        raise InputError(f"data for input '{spec.name}' has shape {list(array.shape)}, expected {expected}")
-    return array.astype(spec.dtype, copy=False)
+        return array.transpose(0, 3, 1, 2)
+    return array
+
+
+def _prepare(spec: InputSpec, array: np.ndarray, target: tuple[Dim, ...]) -> np.ndarray:
+    """Fix the layout, scale uint8 images for float inputs to [0, 1], check the shape, cast."""
+    array = _to_model_layout(array, target)
+    if not _fits(array.shape[1:], target[1:]) or array.ndim != len(target):
+        raise InputError(
+            f"data for input '{spec.name}' has shape {list(array.shape)}, "
+            f"expected {_format_shape(target)}"
+        )
+    if array.dtype == np.uint8 and spec.dtype.kind == "f" and len(target) == 4:
+        logger.info("input '%s': uint8 image data scaled to [0, 1]", spec.name)
+        array = array.astype(np.float32) / 255.0
+    return np.ascontiguousarray(array, dtype=spec.dtype)
 
 
 def load_feeds(
@@ -220,9 +250,11 @@ def load_feeds(
 ) -> list[dict[str, np.ndarray]]:
     """User data from ``.npz`` (one array per input name) or ``.npy`` (single-input models).
 
-    Arrays are cast to the input dtype, given a batch axis if they lack one, and split along
-    axis 0 into chunks of the batch size: the model's static batch dim, else ``shapes``'s
-    leading dim, else 32. With a static batch dim a trailing partial chunk is dropped.
+    A single-input model takes the array named like its input, else ``x_test``, else the only
+    array. Arrays get the model's layout (see :func:`_to_model_layout`); uint8 data for a
+    4-D float input is image data and is scaled to [0, 1]; then arrays are cast to the input
+    dtype and split along axis 0 into chunks of the batch size: the model's static batch dim,
+    else ``shapes``'s leading dim, else 32. With a static batch dim a partial chunk is dropped.
     """
     path = Path(path)
     specs = input_specs(model)
@@ -233,7 +265,9 @@ def load_feeds(
         if target is None:
             raise InputError(f"input '{spec.name}' has no declared shape; pass --input-shape")
         if not target:
-            raise UnsupportedModelError(f"input '{spec.name}' is a scalar; cannot split data into batches")
+            raise UnsupportedModelError(
+                f"input '{spec.name}' is a scalar; cannot split data into batches"
+            )
         arrays[spec.name] = _prepare(spec, picked[spec.name], target)
     lengths = sorted({len(a) for a in arrays.values()})
     if len(lengths) != 1:
@@ -243,24 +277,26 @@ def load_feeds(
     return _split(arrays, specs, shapes, lengths[0])
 
 
+def _batch_size(spec: InputSpec, shapes: Mapping[str, tuple[int, ...]] | None) -> int:
+    if spec.shape and isinstance(spec.shape[0], int):
+        return spec.shape[0]
+    if shapes and spec.name in shapes:
+        return shapes[spec.name][0]
+    return DEFAULT_DATA_BATCH
+
+
 def _split(
     arrays: dict[str, np.ndarray],
     specs: list[InputSpec],
     shapes: Mapping[str, tuple[int, ...]] | None,
     samples: int,
 ) -> list[dict[str, np.ndarray]]:
-    first = specs[0]
-    static = isinstance(first.shape[0], int) if first.shape else False
-    if static:
-        batch = first.shape[0]
-    elif shapes and first.name in shapes:
-        batch = shapes[first.name][0]
-    else:
-        batch = DEFAULT_DATA_BATCH
-    if static:
+    """Chunks along axis 0; a static batch dim needs full chunks, so a remainder is dropped."""
+    batch = _batch_size(specs[0], shapes)
+    if specs[0].shape and isinstance(specs[0].shape[0], int):
         if samples < batch:
-            raise InputError(f"data has {samples} samples, fewer than the model's batch size {batch}")
+            raise InputError(f"data has {samples} samples, fewer than the model's batch {batch}")
         if samples % batch:
-            logger.warning("dropping the last %d samples: the model's batch size is %d", samples % batch, batch)
+            logger.warning("dropping %d samples to fill batches of %d", samples % batch, batch)
         samples -= samples % batch
     return [{n: a[i : i + batch] for n, a in arrays.items()} for i in range(0, samples, batch)]

@@ -46,7 +46,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def session(model: ModelLike, threads: int | None = None, optimize: bool = True) -> ort.InferenceSession:
+def session(
+    model: ModelLike, threads: int | None = None, optimize: bool = True
+) -> ort.InferenceSession:
     """CPU inference session; a path is passed as a path so external data next to it loads."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
@@ -113,8 +115,8 @@ class Equivalence:
         return all(o.passed for o in self.outputs)
 
     def to_dict(self) -> dict:
-        return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol,
-                "outputs": [asdict(o) for o in self.outputs]}
+        outputs = [asdict(o) for o in self.outputs]
+        return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "outputs": outputs}
 
 
 def _element_errors(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -137,11 +139,13 @@ def _diff_output(
     """Polygraphy semantics: an element fails only if |a-b| > atol and |a-b| > rtol * |ref|."""
     max_abs = max_rel = 0.0
     mismatched = total = 0
+    shapes_match = True
     for ref, cand in zip(refs, cands):
         total += ref.size
         if cand is None or cand.shape != ref.shape:
             got = "missing" if cand is None else f"shape {list(cand.shape)}"
             logger.info("output '%s': expected shape %s, got %s", name, list(ref.shape), got)
+            shapes_match = False
             max_abs = max_rel = float("inf")
             mismatched += ref.size
             continue
@@ -150,7 +154,7 @@ def _diff_output(
         if diff.size:
             max_abs = max(max_abs, float(diff.max()))
             max_rel = max(max_rel, float((diff / (magnitude + REL_EPS)).max()))
-    passed = mismatched == 0 and max_abs != float("inf")
+    passed = shapes_match and mismatched == 0
     return OutputDiff(name, max_abs, max_rel, mismatched, total, passed, atol)
 
 
@@ -162,9 +166,14 @@ def _run_pair(
     return run(reference, feeds), run(candidate, feeds)
 
 
-def _diffs(ref_outs: list[dict], cand_outs: list[dict], atols: Mapping[str, float], rtol: float) -> list[OutputDiff]:
+def _diffs(
+    ref_outs: list[dict], cand_outs: list[dict], atols: Mapping[str, float], rtol: float
+) -> list[OutputDiff]:
+    """One diff per reference output, plus a failed one per output only the candidate has."""
     diffs = [
-        _diff_output(name, [r[name] for r in ref_outs], [c.get(name) for c in cand_outs], atols[name], rtol)
+        _diff_output(
+            name, [r[name] for r in ref_outs], [c.get(name) for c in cand_outs], atols[name], rtol
+        )
         for name in ref_outs[0]
     ]
     extra = [n for n in cand_outs[0] if n not in ref_outs[0]]
@@ -173,24 +182,29 @@ def _diffs(ref_outs: list[dict], cand_outs: list[dict], atols: Mapping[str, floa
 
 
 def compare(
-    reference: SessionLike, candidate: SessionLike, feeds: Sequence[Feed], atol: float = 1e-5, rtol: float = 1e-5
+    reference: SessionLike,
+    candidate: SessionLike,
+    feeds: Sequence[Feed],
+    atol: float = 1e-5,
+    rtol: float = 1e-5,
 ) -> Equivalence:
-    """Run both models on the same feeds; a missing, extra or reshaped output fails, never raises."""
+    """Run both models on the same feeds; a missing, extra or reshaped output fails, not raises."""
     ref_outs, cand_outs = _run_pair(reference, candidate, feeds)
     atols = dict.fromkeys(ref_outs[0], atol)
     return Equivalence(_diffs(ref_outs, cand_outs, atols, rtol), atol, rtol)
 
 
 def output_scaled_atol(ref_outputs: Iterable[np.ndarray], rel: float) -> float:
-    """``rel * max|ref|`` over the finite values: the project's "exact up to 1e-5 of the output scale"."""
-    peaks = [np.abs(a[np.isfinite(a)]).max() for a in map(np.asarray, ref_outputs) if np.isfinite(a).any()]
-    return rel * float(max(peaks, default=0.0))
+    """``rel * max|ref|`` over finite values: "exact" means within 1e-5 of the output's scale."""
+    finite = [a[np.isfinite(a)] for a in map(np.asarray, ref_outputs)]
+    peaks = [float(np.abs(a).max()) for a in finite if a.size]
+    return rel * max(peaks, default=0.0)
 
 
 def compare_scaled(
     reference: SessionLike, candidate: SessionLike, feeds: Sequence[Feed], rel: float = 1e-5
 ) -> Equivalence:
-    """:func:`compare` with ``atol = rel * max|ref|`` per output, so tolerance follows output scale."""
+    """:func:`compare` with ``atol = rel * max|ref|`` per output: tolerance follows output scale."""
     ref_outs, cand_outs = _run_pair(reference, candidate, feeds)
     atols = {name: output_scaled_atol((r[name] for r in ref_outs), rel) for name in ref_outs[0]}
     return Equivalence(_diffs(ref_outs, cand_outs, atols, rel), None, rel)
@@ -212,8 +226,8 @@ class Fidelity:
 
 
 def _cosines(ref: np.ndarray, cand: np.ndarray) -> np.ndarray:
-    """Cosine per sample (row along axis 0); two zero vectors agree fully, one zero vector not at all."""
-    a = ref.reshape(len(ref), -1).astype(np.float64) if ref.ndim else ref.reshape(1, 1).astype(np.float64)
+    """Cosine per sample (row along axis 0); two zero vectors agree, one zero vector does not."""
+    a = ref.reshape(len(ref) if ref.ndim else 1, -1).astype(np.float64)
     b = cand.reshape(a.shape).astype(np.float64)
     na, nb = np.linalg.norm(a, axis=1), np.linalg.norm(b, axis=1)
     dot = (a * b).sum(axis=1)
