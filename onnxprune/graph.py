@@ -75,7 +75,9 @@ def remove_node(graph: gs.Graph, node: gs.Node, keep_input: int = 0) -> bool:
         upstream.outputs[upstream.outputs.index(source)] = result
     else:
         for consumer in consumers(result):
-            consumer.inputs[:] = [source if tensor is result else tensor for tensor in consumer.inputs]
+            for index, tensor in enumerate(consumer.inputs):
+                if tensor is result:
+                    consumer.inputs[index] = source
     node.inputs.clear()
     node.outputs.clear()
     return True

@@ -84,6 +84,12 @@ class LinearOp:
         auto_pad = _text(self.node.attrs.get("auto_pad", "NOTSET"))
         return auto_pad in ("NOTSET", "VALID") and not any(self.node.attrs.get("pads", []))
 
+    def check_finite(self) -> None:
+        """Refuse a fold whose parameters overflow the op's dtype (e.g. float16)."""
+        with np.errstate(over="ignore"):
+            if not all(np.isfinite(values.astype(self.dtype)).all() for values in (self.weight, self.bias)):
+                raise Skip(f"folded parameters overflow {self.dtype}")
+
     def commit(self, graph: gs.Graph) -> None:
         """Write weight and bias back into the node, in its own layout and dtype."""
         writer = _WRITERS[self.kind]

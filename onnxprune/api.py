@@ -1,0 +1,154 @@
+"""The Python API behind every CLI command: file in, verified file out, a report to show.
+
+Data flows one way: load -> rewrite -> verify -> save. Nothing is written unless verification
+passed, and the output is written atomically, so a failed run leaves no file behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from onnxprune import data, latency, model as model_io, pipeline, stats, verify
+from onnxprune.errors import VerificationError
+
+log = logging.getLogger(__name__)
+
+Feeds = list[dict[str, np.ndarray]]
+
+
+@dataclass
+class Inputs:
+    """How to feed a model: concrete shapes, and the feeds used to verify and time it."""
+
+    shapes: dict[str, tuple[int, ...]]
+    feeds: Feeds
+    source: str
+
+    @classmethod
+    def for_model(
+        cls,
+        model: onnx.ModelProto,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+        data_path: str | os.PathLike | None = None,
+        samples: int = 4,
+        seed: int = 0,
+    ) -> Inputs:
+        shapes = data.resolve_input_shapes(model, input_shapes)
+        if data_path is not None:
+            return cls(shapes, data.load_feeds(data_path, model, shapes), str(data_path))
+        return cls(shapes, data.random_feeds(model, shapes, seed=seed, count=samples), f"random (seed {seed})")
+
+
+@dataclass
+class Measurement:
+    """Counts and latency of one model, the rows of a before/after table."""
+
+    stats: stats.ModelStats
+    latency: latency.Latency | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stats": self.stats.to_dict(), "latency": self.latency.to_dict() if self.latency else None}
+
+
+@dataclass
+class OptimizeOutcome:
+    source: Path
+    destination: Path | None
+    result: pipeline.PipelineResult
+    equivalence: verify.Equivalence
+    before: Measurement
+    after: Measurement
+    inputs: Inputs
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": "optimize",
+            "input": str(self.source),
+            "output": str(self.destination) if self.destination else None,
+            "inputs": self.inputs.source,
+            "pipeline": self.result.to_dict(),
+            "equivalence": self.equivalence.to_dict(),
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+        }
+
+
+def check_equivalence(
+    reference: onnx.ModelProto | str | os.PathLike,
+    candidate: onnx.ModelProto | str | os.PathLike,
+    feeds: Feeds,
+    atol: float | None = None,
+    rtol: float = 1e-5,
+) -> verify.Equivalence:
+    """Compare two models; ``atol=None`` means ``rtol`` times each output's largest magnitude."""
+    if atol is None:
+        return verify.compare_scaled(reference, candidate, feeds, rel=rtol)
+    return verify.compare(reference, candidate, feeds, atol=atol, rtol=rtol)
+
+
+def measure(
+    model: onnx.ModelProto,
+    inputs: Inputs,
+    path: str | os.PathLike | None = None,
+    runs: int = 0,
+    threads: int = 1,
+) -> Measurement:
+    counted = stats.model_stats(model, inputs.shapes, path=str(path) if path else None)
+    timed = latency.measure(model, inputs.feeds[0], runs=runs, threads=threads) if runs else None
+    return Measurement(counted, timed)
+
+
+def optimize_file(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    passes: Sequence[str] | None = None,
+    skip: Sequence[str] = (),
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    data_path: str | os.PathLike | None = None,
+    atol: float | None = None,
+    rtol: float = 1e-5,
+    runs: int = 20,
+    threads: int = 1,
+    external_data: bool | None = None,
+    progress: bool = False,
+) -> OptimizeOutcome:
+    """Run the exact pipeline on ``source``, verify against it, then write ``destination``.
+
+    Raises VerificationError (and writes nothing) when any output differs beyond tolerance.
+    """
+    model_io.ensure_distinct(source, destination)
+    original = model_io.load(source)
+    pipeline.resolve_passes(passes, skip)
+    inputs = Inputs.for_model(original, input_shapes, data_path)
+    result = pipeline.optimize(original, passes, skip, progress=progress)
+    equivalence = check_equivalence(original, result.model, inputs.feeds, atol, rtol)
+    if not equivalence.passed:
+        raise VerificationError(f"optimized model differs from {source}: {_worst(equivalence)}; nothing written")
+    model_io.check(result.model, destination)
+    written = model_io.save(result.model, destination, external_data)
+    before, after = _measure_pair(original, result.model, inputs, source, written, runs, threads)
+    return OptimizeOutcome(Path(source), written, result, equivalence, before, after, inputs)
+
+
+def _measure_pair(original, optimized, inputs, source, written, runs, threads) -> tuple[Measurement, Measurement]:
+    before = measure(original, inputs, source)
+    after = measure(optimized, inputs, written)
+    if runs:
+        before.latency, after.latency, _ = latency.compare_latency(
+            original, optimized, inputs.feeds[0], runs=runs, warmup=max(2, runs // 10), threads=threads
+        )
+    return before, after
+
+
+def _worst(equivalence: verify.Equivalence) -> str:
+    failed = [diff for diff in equivalence.outputs if not diff.passed]
+    return ", ".join(f"output '{d.name}' max abs error {d.max_abs:.3g} (max rel {d.max_rel:.3g})" for d in failed)

@@ -1,0 +1,213 @@
+"""`onnxprune <command>`: parse, call the API, print, exit.
+
+Exit codes: 0 success, 1 a failed check (outputs differ), 2 bad input (missing or corrupt file,
+unknown pass, missing input shape, ...), 3 an internal error (a bug: rerun with --debug).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from onnxprune import __version__, api, data, latency, model as model_io, report, stats
+from onnxprune.errors import OnnxPruneError
+from onnxprune.pipeline import REGISTRY
+
+log = logging.getLogger("onnxprune")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except OnnxPruneError as error:
+        print(f"onnxprune: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: say so in one line unless asked for the traceback
+        if args.debug:
+            raise
+        print(f"onnxprune: internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr)
+        return 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxprune", description="ONNX in, ONNX out: fold, merge and prune CNNs.")
+    parser.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _add_optimize(commands)
+    _add_check(commands)
+    _add_bench(commands)
+    _add_inspect(commands)
+    return parser
+
+
+def _common(parser: argparse.ArgumentParser, data_option: bool = True) -> None:
+    parser.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
+        help="concrete shape of a model input with dynamic dimensions (repeatable)",
+    )
+    if data_option:
+        parser.add_argument("--data", metavar="FILE", help=".npz/.npy inputs to use instead of random ones")
+    parser.add_argument("--report", metavar="FILE", help="write a machine-readable JSON report")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what every pass does")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
+def _tolerances(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--atol", type=float, default=None,
+                        help="absolute tolerance (default: rtol times each output's largest magnitude)")
+    parser.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+
+
+def _add_optimize(commands) -> None:
+    parser = commands.add_parser("optimize", help="run the exact fold/merge passes, verify, write")
+    parser.add_argument("input")
+    parser.add_argument("output")
+    parser.add_argument("--passes", type=_names, help=f"comma-separated passes to run (default all: {','.join(REGISTRY)})")
+    parser.add_argument("--skip", type=_names, default=[], help="comma-separated passes to leave out")
+    parser.add_argument("--runs", type=int, default=20, help="latency runs per model (0: no timing)")
+    parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for timing")
+    parser.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data")
+    _tolerances(parser)
+    _common(parser)
+    parser.set_defaults(handler=_optimize)
+
+
+def _add_check(commands) -> None:
+    parser = commands.add_parser("check", help="compare the outputs of two models with onnxruntime")
+    parser.add_argument("reference")
+    parser.add_argument("candidate")
+    parser.add_argument("--samples", type=int, default=4, help="random input samples (without --data)")
+    parser.add_argument("--seed", type=int, default=0)
+    _tolerances(parser)
+    _common(parser)
+    parser.set_defaults(handler=_check)
+
+
+def _add_bench(commands) -> None:
+    parser = commands.add_parser("bench", help="time one model, or two and their ratio, with onnxruntime")
+    parser.add_argument("model")
+    parser.add_argument("other", nargs="?")
+    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--no-ort-optimization", action="store_true",
+                        help="time the stored graph as it is (onnxruntime graph optimizations off)")
+    _common(parser)
+    parser.set_defaults(handler=_bench)
+
+
+def _add_inspect(commands) -> None:
+    parser = commands.add_parser("inspect", help="op histogram, parameters, FLOPs and a per-layer table")
+    parser.add_argument("model")
+    parser.add_argument("--top", type=int, default=20, help="layers to list, most expensive first (0: all)")
+    _common(parser, data_option=False)
+    parser.set_defaults(handler=_inspect)
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    outcome = api.optimize_file(
+        args.input, args.output, passes=args.passes, skip=args.skip,
+        input_shapes=data.parse_input_shapes(args.input_shape), data_path=args.data,
+        atol=args.atol, rtol=args.rtol, runs=args.runs, threads=args.threads,
+        external_data=True if args.external_data else None, progress=not args.quiet,
+    )
+    _emit(args, outcome.to_dict(), lambda: _optimize_text(outcome))
+    return 0
+
+
+def _optimize_text(outcome: api.OptimizeOutcome) -> str:
+    before = report.summary_metrics(outcome.before.stats, _median(outcome.before))
+    after = report.summary_metrics(outcome.after.stats, _median(outcome.after))
+    worst = max((d.max_abs for d in outcome.equivalence.outputs), default=0.0)
+    return "\n".join([
+        report.passes_table(outcome.result.reports), "",
+        report.before_after(before, after), "",
+        f"verified on {outcome.inputs.source}: outputs match (max abs error {worst:.3g})",
+        f"wrote {outcome.destination}",
+    ])
+
+
+def _check(args: argparse.Namespace) -> int:
+    reference = model_io.load(args.reference)
+    model_io.load(args.candidate)
+    inputs = api.Inputs.for_model(
+        reference, data.parse_input_shapes(args.input_shape), args.data, samples=args.samples, seed=args.seed
+    )
+    equivalence = api.check_equivalence(args.reference, args.candidate, inputs.feeds, args.atol, args.rtol)
+    rows = [(d.name, d.max_abs, d.max_rel, f"{d.mismatched}/{d.total}", "ok" if d.passed else "FAIL")
+            for d in equivalence.outputs]
+    verdict = "PASS: outputs match" if equivalence.passed else "FAIL: outputs differ beyond tolerance"
+    text = report.table(("output", "max abs", "max rel", "mismatched", "result"), rows)
+    _emit(args, {"command": "check", "inputs": inputs.source, **equivalence.to_dict()},
+          lambda: f"{text}\n\n{verdict} (on {inputs.source})")
+    return 0 if equivalence.passed else 1
+
+
+def _bench(args: argparse.Namespace) -> int:
+    first = model_io.load(args.model)
+    inputs = api.Inputs.for_model(first, data.parse_input_shapes(args.input_shape), args.data, samples=1)
+    options = dict(runs=args.runs, warmup=args.warmup, threads=args.threads, optimize=not args.no_ort_optimization)
+    if args.other is None:
+        timed = latency.measure(args.model, inputs.feeds[0], progress=not args.quiet, **options)
+        rows, payload = [(args.model, timed.median_ms, timed.p90_ms)], {"latency": [timed.to_dict()]}
+    else:
+        model_io.load(args.other)
+        a, b, ratio = latency.compare_latency(args.model, args.other, inputs.feeds[0], **options)
+        rows = [(args.model, a.median_ms, a.p90_ms), (args.other, b.median_ms, b.p90_ms)]
+        payload = {"latency": [a.to_dict(), b.to_dict()], "ratio": ratio}
+    text = report.table(("model", "median ms", "p90 ms"), rows)
+    if args.other is not None:
+        text += f"\n\n{args.other} / {args.model} median latency ratio: {payload['ratio']:.3f}"
+    _emit(args, {"command": "bench", **payload}, lambda: f"{text}\n({args.threads} thread(s), {args.runs} runs)")
+    return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    model = model_io.load(args.model)
+    shapes = data.resolve_input_shapes(model, data.parse_input_shapes(args.input_shape))
+    counted = stats.model_stats(model, shapes, path=args.model)
+    _emit(args, {"command": "inspect", "model": args.model, **counted.to_dict()}, lambda: _inspect_text(counted, args.top))
+    return 0
+
+
+def _inspect_text(counted: stats.ModelStats, top: int) -> str:
+    histogram = report.table(("op", "count"), sorted(counted.op_histogram.items(), key=lambda kv: -kv[1]))
+    layers = sorted(counted.per_node, key=lambda cost: -cost.macs)
+    layers = layers[:top] if top else layers
+    total = max(counted.macs, 1)
+    rows = [(c.name, c.op_type, "x".join(map(str, c.output_shape or ())), c.params, c.macs, f"{100 * c.macs / total:.1f} %")
+            for c in layers]
+    totals = (f"nodes {counted.nodes}, parameters {counted.params:,}, MACs {counted.macs:,} "
+              f"(FLOPs {counted.flops:,}), size {counted.size_bytes:,} bytes")
+    return "\n\n".join([histogram, report.table(("layer", "op", "output", "params", "MACs", "share"), rows), totals])
+
+
+def _emit(args: argparse.Namespace, payload: dict, text) -> None:
+    if args.report:
+        report.write_json(args.report, payload)
+    if not args.quiet:
+        print(text())
+
+
+def _median(measurement: api.Measurement) -> float | None:
+    return measurement.latency.median_ms if measurement.latency else None
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
