@@ -65,7 +65,7 @@ def _summary(times_ms: list[float], threads: int) -> Latency:
 
 
 def _bar(runs: int, progress: bool, desc: str) -> tqdm:
-    return tqdm(range(runs), desc=desc, disable=not progress, file=sys.stderr, leave=False)
+    return tqdm(range(runs), desc=desc, disable=None if progress else True, file=sys.stderr, leave=False)
 
 
 def measure(

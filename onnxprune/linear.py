@@ -111,6 +111,27 @@ def as_linear(node: gs.Node) -> LinearOp:
     return reader(node, weight)
 
 
+def batchnorm_affine(bn: gs.Node) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel ``(s, t)`` with ``BN(y) = s y + t``, or Skip when BN is not in inference form."""
+    if int(bn.attrs.get("spatial", 1)) != 1:
+        raise Skip("spatial=0 normalises each activation, not each channel")
+    if int(bn.attrs.get("training_mode", 0)):
+        raise Skip("training_mode=1 normalises with batch statistics")
+    if len(bn.outputs) != 1:
+        raise Skip("it declares running-statistics outputs, so it normalises with batch statistics")
+    params = [constant_value(tensor) for tensor in bn.inputs[1:5]]
+    if len(params) != 4 or any(value is None for value in params):
+        raise Skip("scale, bias, mean and variance are not all constant")
+    gamma, beta, mean, var = (np.asarray(value, dtype=np.float64) for value in params)
+    if gamma.ndim != 1 or any(value.shape != gamma.shape for value in (beta, mean, var)):
+        raise Skip("parameters are not 1-D vectors of one length")
+    denominator = var + float(bn.attrs.get("epsilon", 1e-5))
+    if not np.all(denominator > 0):
+        raise Skip("variance + epsilon is not positive")
+    scale = gamma / np.sqrt(denominator)
+    return scale, beta - mean * scale
+
+
 def _read_conv(node: gs.Node, weight: np.ndarray) -> LinearOp:
     groups = int(node.attrs.get("group", 1))
     canonical = weight.astype(np.float64)

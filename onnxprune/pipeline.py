@@ -75,7 +75,7 @@ def run_passes(
     totals = {name: PassReport(name) for name in names}
     prepare(graph)
     rounds = 0
-    with tqdm(total=len(names), desc="optimize", unit="pass", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(names), desc="optimize", unit="pass", disable=None if progress else True, leave=False) as bar:
         for rounds in range(1, max_rounds + 1):
             changed = False
             bar.reset(total=len(names))

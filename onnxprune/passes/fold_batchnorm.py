@@ -20,7 +20,8 @@ Maths: in inference form BN is an affine map along channel axis 1,
     back in the op's dtype.
 
 Preconditions: g, beta, mean, var constant, 1-D and of the op's channel count; inference form
-(opset 7-8 ``spatial=1``, opset >= 14 ``training_mode=0``) and no output but the first is read;
+(opset 7-8 ``spatial=1``, opset >= 14 ``training_mode=0``) and only output Y declared
+(a BN that declares its running-statistics outputs normalises with batch statistics);
 the tensor between BN and the op has no other reader and is not a graph output; BN's channel axis 1
 is the op's channel axis (always for Conv/ConvTranspose; Gemm/MatMul only on rank-2 tensors);
 for (b) the op has no padding that an input shift would change; the folded parameters are finite
@@ -37,8 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import Skip, constant_value, consumers, is_graph_output, is_private, producer, rank, remove_node
-from onnxprune.linear import LINEAR_OPS, LinearOp, as_linear
+from onnxprune.graph import Skip, consumers, is_private, producer, rank, remove_node
+from onnxprune.linear import LINEAR_OPS, LinearOp, as_linear, batchnorm_affine
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,7 @@ def run(graph: gs.Graph, **options) -> PassReport:
 
 
 def _match(graph: gs.Graph, bn: gs.Node) -> _Fold:
-    scale, shift = _affine(graph, bn)
+    scale, shift = batchnorm_affine(bn)
     reasons = []
     sides: tuple[tuple[str, Callable, Callable], ...] = (
         ("after", _upstream, _fold_after),
@@ -84,27 +85,6 @@ def _apply(graph: gs.Graph, fold: _Fold) -> str:
     # Cannot fail: the tensor between BN and the op is private, as _fold_after/_fold_before checked.
     remove_node(graph, fold.bn)
     return f"folded BatchNormalization '{fold.bn.name}' into {fold.op.kind} '{fold.op.node.name}' ({fold.side} it)"
-
-
-def _affine(graph: gs.Graph, bn: gs.Node) -> tuple[np.ndarray, np.ndarray]:
-    """Per-channel ``(s, t)`` with ``BN(y) = s y + t``, or Skip when BN is not in inference form."""
-    if int(bn.attrs.get("spatial", 1)) != 1:
-        raise Skip("spatial=0 normalises each activation, not each channel")
-    if int(bn.attrs.get("training_mode", 0)):
-        raise Skip("training_mode=1 normalises with batch statistics")
-    if any(out.outputs or is_graph_output(graph, out) for out in bn.outputs[1:]):
-        raise Skip("its running-statistics outputs are read")
-    params = [constant_value(tensor) for tensor in bn.inputs[1:5]]
-    if len(params) != 4 or any(value is None for value in params):
-        raise Skip("scale, bias, mean and variance are not all constant")
-    gamma, beta, mean, var = (np.asarray(value, dtype=np.float64) for value in params)
-    if gamma.ndim != 1 or any(value.shape != gamma.shape for value in (beta, mean, var)):
-        raise Skip("parameters are not 1-D vectors of one length")
-    denominator = var + float(bn.attrs.get("epsilon", 1e-5))
-    if not np.all(denominator > 0):
-        raise Skip("variance + epsilon is not positive")
-    scale = gamma / np.sqrt(denominator)
-    return scale, beta - mean * scale
 
 
 def _upstream(bn: gs.Node) -> gs.Node | None:
