@@ -101,6 +101,7 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
     Large constants are handed to inference as typed graph inputs instead of data, so models
     over 2 GB are inferred without serializing their weights.
     """
+    declared = {tensor.name: tensor.shape for tensor in graph.outputs}
     probe = _inference_model(graph)
     try:
         inferred = onnx.shape_inference.infer_shapes(probe, strict_mode=False, data_prop=True)
@@ -112,13 +113,15 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor not in graph.inputs:
             _assign(tensor, known.get(tensor.name))
+            if tensor.shape is None and declared.get(tensor.name) is not None:
+                tensor.shape = declared[tensor.name]  # keep the model's interface where inference knows less
     return graph
 
 
 def _inference_model(graph: gs.Graph) -> onnx.ModelProto:
     big = [t for t in graph.tensors().values() if isinstance(t, gs.Constant) and _size(t) > INLINE_LIMIT]
     saved = {t.name: t.values for t in big}
-    outputs = [(t, t.shape) for t in graph.outputs]
+    outputs = [(t, t.shape) for t in graph.outputs if isinstance(t, gs.Variable)]
     try:
         for tensor in big:
             tensor.values = np.zeros(0, dtype=tensor.dtype)
@@ -152,6 +155,7 @@ def _onnx_dtype(values: np.ndarray) -> int:
 def _assign(tensor: gs.Variable, info: onnx.ValueInfoProto | None) -> None:
     if info is None or not info.type.HasField("tensor_type"):
         tensor.shape = None
+        tensor.dtype = None
         return
     tensor_type = info.type.tensor_type
     if tensor_type.elem_type:

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 7
 MAX_OPSET = onnx.defs.onnx_opset_version()
 PROTOBUF_LIMIT = 2**31 - 1
+MIN_IR_VERSION = 4  # below it initializers must also be listed as graph inputs, which gs does not do
 EXTERNAL_THRESHOLD = 1024  # bytes: tensors at least this big go to the external file
 
 
@@ -148,7 +149,7 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
 def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
     """Export ``graph``, keeping the metadata of the model it came from (IR version, producer)."""
     model = gs.export_onnx(graph, do_type_check=False)
-    model.ir_version = template.ir_version
+    model.ir_version = max(template.ir_version, MIN_IR_VERSION)
     model.producer_name = template.producer_name or "onnxprune"
     model.producer_version = template.producer_version
     model.domain = template.domain
