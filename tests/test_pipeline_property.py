@@ -49,7 +49,7 @@ def add_block(b: Builder, kind: str, draw) -> None:
         out = draw(st.sampled_from([4, 8]))
         kernel = draw(st.sampled_from([1, 3]))
         stride = draw(st.sampled_from([1, 2])) if b.size >= 4 else 1
-        pad = draw(st.sampled_from([0, kernel // 2]))
+        pad = draw(st.sampled_from([0, kernel // 2])) if b.size >= kernel else kernel // 2
         group = draw(st.sampled_from([1, b.channels])) if out == b.channels else 1
         b.last = b.conv(b.last, out, kernel, stride, pad, group, draw(st.booleans()))
         b.size = (b.size + 2 * pad - kernel) // stride + 1
