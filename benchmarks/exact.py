@@ -96,27 +96,31 @@ def run_tool(tool: Callable, model: onnx.ModelProto) -> tuple[onnx.ModelProto | 
 
 
 def benchmark(name: str, model: onnx.ModelProto, runs: int) -> list[tuple]:
+    """One row per tool; all stored graphs are timed together, round-robin, for a fair median."""
     shapes = data.resolve_input_shapes(model)
     feeds = data.random_feeds(model, shapes, seed=0, count=2)
-    original = latency.measure(model, feeds[0], runs=runs, warmup=5, threads=1, optimize=False)
-    rows = [(name, "original", len(model.graph.node), "-", original.median_ms, "-")]
+    rows, timed_models = [[name, "original", len(model.graph.node), "-", None, "-"]], [model]
     for tool_name, tool in TOOLS.items():
         result, seconds, problem = run_tool(tool, model)
         if result is None:
-            rows.append((name, tool_name, problem, "-", "-", "-"))
+            rows.append([name, tool_name, problem, "-", "-", "-"])
             continue
         equivalence = verify.compare_scaled(model, result, feeds, rel=1e-5)
         error = max(diff.max_abs for diff in equivalence.outputs)
-        timed = latency.measure(result, feeds[0], runs=runs, warmup=5, threads=1, optimize=False)
         verdict = f"{error:.2e}" + ("" if equivalence.passed else " FAIL")
-        rows.append((name, tool_name, len(result.graph.node), f"{seconds:.2f}", timed.median_ms, verdict))
-    return rows
+        rows.append([name, tool_name, len(result.graph.node), f"{seconds:.2f}", None, verdict])
+        timed_models.append(result)
+    timings = iter(latency.measure_many(timed_models, feeds[0], runs=runs, warmup=5, threads=1, optimize=False))
+    for row in rows:
+        if row[4] is None:
+            row[4] = f"{next(timings).median_ms:.3f}"
+    return [tuple(row) for row in rows]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join([*ARCHITECTURES, *REFERENCE_MODELS]))
-    parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--runs", type=int, default=200)
     args = parser.parse_args()
     rows = []
     for name, model in load_models(args.models.split(",")).items():

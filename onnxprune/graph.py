@@ -172,6 +172,10 @@ class Skip(Exception):
     """A rewrite cannot be proven legal here; the message says why and the graph is untouched."""
 
 
+class NotCandidate(Skip):
+    """The node is not what the rewrite looks for at all (e.g. an Add of two activations): not reported."""
+
+
 def set_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray, base: str) -> None:
     """Give ``node`` input ``index`` the constant ``values``: in place when no other node reads it."""
     current = node.inputs[index] if index < len(node.inputs) else None

@@ -90,6 +90,32 @@ def measure(
     return _summary(times, threads)
 
 
+def measure_many(
+    models: list[SessionLike],
+    feeds: Mapping[str, np.ndarray],
+    runs: int = 50,
+    warmup: int = 5,
+    threads: int = 1,
+    optimize: bool = True,
+    progress: bool = False,
+) -> list[Latency]:
+    """Latency of several models timed round-robin, the order rotating every run.
+
+    Interleaving makes drift and order effects fall on every model alike, so the medians compare.
+    """
+    _check_counts(runs, warmup)
+    sessions = [_session(m, threads, optimize) for m in models]
+    inputs = [select_inputs(s, feeds) for s in sessions]
+    for _ in range(warmup):
+        for sess, feed in zip(sessions, inputs):
+            sess.run(None, feed)
+    times: list[list[float]] = [[] for _ in sessions]
+    for i in _bar(runs, progress, "latency"):
+        for k in np.roll(np.arange(len(sessions)), i):
+            times[k].append(_timed(sessions[k], inputs[k]))
+    return [_summary(t, threads) for t in times]
+
+
 def compare_latency(
     a: SessionLike,
     b: SessionLike,
@@ -100,21 +126,7 @@ def compare_latency(
     optimize: bool = True,
     progress: bool = False,
 ) -> tuple[Latency, Latency, float]:
-    """Latency of ``a`` and ``b`` and the ratio ``b.median / a.median`` (< 1: b is faster).
-
-    Runs alternate a, b then b, a, so drift and order effects fall on both models alike.
-    """
-    _check_counts(runs, warmup)
-    sessions = [_session(m, threads, optimize) for m in (a, b)]
-    inputs = [select_inputs(s, feeds) for s in sessions]
-    for _ in range(warmup):
-        for sess, feed in zip(sessions, inputs):
-            sess.run(None, feed)
-    times: list[list[float]] = [[], []]
-    for i in _bar(runs, progress, "latency a/b"):
-        order = (0, 1) if i % 2 == 0 else (1, 0)
-        for k in order:
-            times[k].append(_timed(sessions[k], inputs[k]))
-    lat_a, lat_b = (_summary(t, threads) for t in times)
+    """Latency of ``a`` and ``b`` (interleaved) and the ratio ``b.median / a.median`` (< 1: b is faster)."""
+    lat_a, lat_b = measure_many([a, b], feeds, runs, warmup, threads, optimize, progress)
     ratio = lat_b.median_ms / lat_a.median_ms if lat_a.median_ms > 0 else float("inf")
     return lat_a, lat_b, ratio

@@ -69,3 +69,15 @@ def assert_equivalent(reference: onnx.ModelProto, candidate: onnx.ModelProto, re
             assert expected.shape == actual.shape
             scale = max(float(np.abs(expected).max()), 1e-6)
             np.testing.assert_allclose(actual, expected, rtol=0, atol=rel * scale)
+
+
+def assert_unchanged(model: onnx.ModelProto, reason: str | None, pass_name: str) -> onnx.ModelProto:
+    """The pass leaves the graph as it was and reports ``reason``; None: not a candidate, nothing reported."""
+    result, report = run_pass(model, pass_name)
+    assert report.rewrites == []
+    assert [node.op_type for node in result.graph.node] == [node.op_type for node in model.graph.node]
+    if reason is None:
+        assert report.skipped == []
+    else:
+        assert any(reason in line for line in report.skipped), report.skipped
+    return result

@@ -1,8 +1,8 @@
 """What every pass shares: its report, and the driver that applies a rewrite node by node.
 
-A pattern pass is two functions: ``match(graph, node)`` returns what the rewrite needs, None when
-the node is no candidate at all (nothing worth reporting), or raises ``Skip`` with the reason a
-candidate cannot be proven legal (before touching anything); ``apply(graph,
+A pattern pass is two functions: ``match(graph, node)`` returns what the rewrite needs, or raises
+``Skip`` with the reason a candidate cannot be proven legal (before touching anything), or
+``NotCandidate`` when the node is not what the rewrite looks for (nothing worth reporting); ``apply(graph,
 found)`` performs it and returns one line saying what it did. The pipeline owns cleanup,
 topological sorting, shape inference and the fixed point.
 """
@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import Skip
+from onnxprune.graph import NotCandidate, Skip
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +48,9 @@ def rewrite_nodes(graph: gs.Graph, name: str, op_types: Iterable[str], match: Ma
             continue
         try:
             found = match(graph, node)
-            if found is not None:
-                report.rewrites.append(apply(graph, found))
+            report.rewrites.append(apply(graph, found))
+        except NotCandidate:
+            continue
         except Skip as reason:
             report.skipped.append(f"{node.op} '{node.name}': {reason}")
     for line in report.rewrites:

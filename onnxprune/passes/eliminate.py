@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import Skip, constant_value, is_graph_output, rank, remove_node, static_shape
+from onnxprune.graph import NotCandidate, Skip, constant_value, is_graph_output, rank, remove_node, static_shape
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,9 @@ def run(graph: gs.Graph, **options) -> PassReport:
     return rewrite_nodes(graph, NAME, MATCHERS, _match, _apply)
 
 
-def _match(graph: gs.Graph, node: gs.Node) -> tuple[gs.Node, int] | None:
-    """The node and the index of the input its output equals; None when it is no candidate."""
-    keep = MATCHERS[node.op](graph, node)
-    return None if keep is None else (node, keep)
+def _match(graph: gs.Graph, node: gs.Node) -> tuple[gs.Node, int]:
+    """The node and the index of the input its output equals."""
+    return node, MATCHERS[node.op](graph, node)
 
 
 def _apply(graph: gs.Graph, found: tuple[gs.Node, int]) -> str:
@@ -188,29 +187,29 @@ def _broadcasts_into(small: Sequence[int], shape: Sequence[Dim]) -> bool:
     return all(want == 1 or (isinstance(dim, int) and want == dim) for want, dim in zip(small, aligned))
 
 
-def _neutral(neutral: int, positions: Sequence[int], graph: gs.Graph, node: gs.Node) -> int | None:
+def _neutral(neutral: int, positions: Sequence[int], graph: gs.Graph, node: gs.Node) -> int:
     """``x op c`` (or ``c op x`` for commutative ops) where ``c`` is all ``neutral``.
 
-    Arithmetic with a non-neutral or no constant is ordinary, not a candidate: None, unreported.
+    Arithmetic with a non-neutral or no constant is ordinary: NotCandidate, unreported.
     """
     values = [constant_value(tensor) for tensor in node.inputs]
     if all(value is not None for value in values):
-        return None
+        raise NotCandidate("both operands are constants (left to fold_constants)")
     for position in positions:
         constant, kept = values[position], node.inputs[1 - position]
         if constant is None:
             continue
         if not np.all(constant == neutral):
-            return None
+            raise NotCandidate(f"constant is not all {neutral}")
         if constant.ndim and (kept.shape is None or not _broadcasts_into(constant.shape, list(kept.shape))):
             raise Skip(f"constant of shape {list(constant.shape)} may enlarge the other operand")
         if kept.dtype is not None and kept.dtype != constant.dtype:
             raise Skip("operand dtypes differ")
         return 1 - position
-    return None
+    raise NotCandidate("no constant operand in a neutral position")
 
 
-MATCHERS: dict[str, Callable[[gs.Graph, gs.Node], int | None]] = {
+MATCHERS: dict[str, Callable[[gs.Graph, gs.Node], int]] = {
     "Identity": _identity,
     "Dropout": _dropout,
     "Reshape": _reshape,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import Skip, constant_value, consumers, is_private, producer, remove_node
+from onnxprune.graph import NotCandidate, Skip, constant_value, consumers, is_private, producer, remove_node
 from onnxprune.linear import LINEAR_OPS, LinearOp, as_linear
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
@@ -91,7 +91,7 @@ def _terms(node: gs.Node) -> tuple[int, np.ndarray | None, np.ndarray | None]:
     """The variable operand's index and the constant's ``(s, t)`` in ``z = s v + t`` (None: 1 or 0)."""
     values = [constant_value(tensor) for tensor in node.inputs]
     if len(values) != 2 or all(value is None for value in values) or all(value is not None for value in values):
-        raise Skip("needs exactly one constant and one variable operand")
+        raise NotCandidate("needs exactly one constant and one variable operand")
     keep = 0 if values[1] is not None else 1
     value, variable = values[1 - keep], node.inputs[keep]
     if variable.dtype is None or not np.issubdtype(value.dtype, np.floating) or value.dtype != variable.dtype:

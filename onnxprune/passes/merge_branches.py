@@ -29,7 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import Skip, is_private, producer
+from onnxprune.graph import NotCandidate, Skip, is_private, producer
 from onnxprune.linear import LinearOp, as_linear, batchnorm_affine
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
@@ -110,13 +110,13 @@ def _branch(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
 def _check_common_source(summands: list[gs.Tensor], branches: list[gs.Node | None]) -> None:
     sources = {id(node.inputs[0]): node.inputs[0] for node in branches if node is not None}
     if not sources:
-        raise Skip("no summand is the private output of a Conv")
+        raise NotCandidate("no summand is the private output of a Conv")
     if len(sources) != 1:
         raise Skip(f"summands read {len(sources)} different tensors, not one shared input")
     (source,) = sources.values()
     for tensor, node in zip(summands, branches):
         if node is None and tensor is not source:
-            raise Skip(f"summand '{tensor.name}' is neither the shared input nor a private Conv of it")
+            raise NotCandidate(f"summand '{tensor.name}' is neither the shared input nor a private Conv of it")
 
 
 def _check_shared(convs: list[LinearOp]) -> tuple[tuple[int, ...], tuple[int, ...]]:

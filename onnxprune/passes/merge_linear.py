@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import Skip, is_private, producer, rank
+from onnxprune.graph import NotCandidate, Skip, is_private, producer, rank
 from onnxprune.linear import LINEAR_OPS, LinearOp, as_linear
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
@@ -79,7 +79,7 @@ def _first_layer(graph: gs.Graph, second: gs.Node) -> gs.Node:
     data = second.inputs[0]
     first = producer(data)
     if first is None or first.op not in LINEAR_OPS:
-        raise Skip(f"input comes from {first.op if first else 'no node'}, not a linear layer")
+        raise NotCandidate(f"input comes from {first.op if first else 'no node'}, not a linear layer")
     if first.op == "ConvTranspose":
         raise Skip(f"first layer '{first.name}' is a ConvTranspose")
     if (first.op == "Conv") != (second.op == "Conv"):

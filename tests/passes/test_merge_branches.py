@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from functools import partial
 
 import numpy as np
 import onnx
@@ -11,7 +12,14 @@ import pytest
 import torch
 from onnx import helper
 
-from tests.util import assert_equivalent, make_model, op_counts, run_pass, tensor
+from tests.util import (
+    assert_equivalent,
+    assert_unchanged,
+    make_model,
+    op_counts,
+    run_pass,
+    tensor,
+)
 
 NAME = "merge_branches"
 
@@ -67,11 +75,7 @@ def merged(model, rewrites=1, ops=None):
     return result
 
 
-def assert_unchanged(model, reason):
-    result, report = run_pass(model, NAME)
-    assert not report.rewrites
-    assert op_counts(result) == op_counts(model)
-    assert any(reason in line for line in report.skipped), report.skipped
+assert_kept = partial(assert_unchanged, pass_name=NAME)
 
 
 @pytest.mark.parametrize("opset", [7, 13])
@@ -155,40 +159,40 @@ def test_torch_repvgg_block_with_batchnorm(opset):
 def test_different_strides_are_skipped():
     inits: dict = {}
     branches = [conv(inits, "c3", 4, 4, stride=2), conv(inits, "c1", 4, 4, kernel=(1, 1))]
-    assert_unchanged(summed(branches, inits, size=2), "differ in strides")
+    assert_kept(summed(branches, inits, size=2), "differ in strides")
 
 
 def test_different_dilations_are_skipped():
     inits: dict = {}
     branches = [conv(inits, "a", 4, 4), conv(inits, "b", 4, 4, dilation=2)]
-    assert_unchanged(summed(branches, inits), "differ in dilations")
+    assert_kept(summed(branches, inits), "differ in dilations")
 
 
 def test_misaligned_padding_is_skipped():
     inits: dict = {}
     branches = [conv(inits, "a", 4, 4), conv(inits, "b", 4, 4, pads=(0, 0, 2, 2))]
-    assert_unchanged(summed(branches, inits), "is not aligned")
+    assert_kept(summed(branches, inits), "is not aligned")
 
 
 def test_identity_with_stride_two_is_skipped():
     inits: dict = {}
     branches = [conv(inits, "c3", 4, 4, stride=2), "x"]
-    assert_unchanged(summed(branches, inits, size=2), "identity branch next to convs with strides")
+    assert_kept(summed(branches, inits, size=2), "identity branch next to convs with strides")
 
 
 def test_merged_kernel_that_costs_more_is_skipped():
     inits: dict = {}
     branches = [conv(inits, "c13", 4, 4, kernel=(1, 3)), conv(inits, "c31", 4, 4, kernel=(3, 1))]
-    assert_unchanged(summed(branches, inits), "taps against")
+    assert_kept(summed(branches, inits), "taps against")
 
 
 def test_non_conv_summand_is_skipped():
     inits: dict = {}
     relu = helper.make_node("Relu", ["x"], ["r"], name="relu")
-    assert_unchanged(summed([conv(inits, "c3", 4, 4), "r"], inits, extra=[relu]), "neither the shared input")
+    assert_kept(summed([conv(inits, "c3", 4, 4), "r"], inits, extra=[relu]), None)
 
 
 def test_branch_with_second_reader_is_skipped():
     inits: dict = {}
     branches = [conv(inits, "c3", 4, 4), conv(inits, "c1", 4, 4, kernel=(1, 1))]
-    assert_unchanged(summed(branches, inits, outputs=("y", "c1")), "neither the shared input")
+    assert_kept(summed(branches, inits, outputs=("y", "c1")), None)
