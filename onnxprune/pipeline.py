@@ -26,6 +26,7 @@ from onnxprune.passes import (
     merge_affine,
     merge_branches,
     merge_linear,
+    merge_slices,
 )
 from onnxprune.passes.base import PassReport
 
@@ -34,11 +35,13 @@ log = logging.getLogger(__name__)
 EXACT_PASSES: tuple[ModuleType, ...] = (
     fold_constants,
     eliminate,
+    merge_slices,
     fuse_pad,
     fold_batchnorm,
     merge_affine,
     merge_branches,
     merge_linear,
+    merge_slices,
 )
 REGISTRY: dict[str, Callable[..., PassReport]] = {module.NAME: module.run for module in EXACT_PASSES}
 
