@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from onnxprune import data, latency, model as model_io, pipeline, stats, verify
+from onnxprune import data, latency, pipeline, stats, verify
+from onnxprune import model as model_io
 from onnxprune.errors import VerificationError
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from onnxprune import __version__, api, data, latency, model as model_io, report, stats
+from onnxprune import __version__, api, data, latency, report, stats
+from onnxprune import model as model_io
 from onnxprune.errors import OnnxPruneError
 from onnxprune.pipeline import REGISTRY
 

@@ -81,13 +81,7 @@ def measure(
 
     A given session is used as is (its own threads and optimization level).
     """
-    _check_counts(runs, warmup)
-    sess = _session(model, threads, optimize)
-    feed = select_inputs(sess, feeds)
-    for _ in range(warmup):
-        sess.run(None, feed)
-    times = [_timed(sess, feed) for _ in _bar(runs, progress, "latency")]
-    return _summary(times, threads)
+    return measure_many([model], feeds, runs, warmup, threads, optimize, progress)[0]
 
 
 def measure_many(

@@ -32,7 +32,15 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import NotCandidate, Skip, constant_value, is_graph_output, rank, remove_node, static_shape
+from onnxprune.graph import (
+    NotCandidate,
+    Skip,
+    constant_value,
+    is_graph_output,
+    rank,
+    remove_node,
+    static_shape,
+)
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
 log = logging.getLogger(__name__)

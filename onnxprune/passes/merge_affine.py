@@ -36,7 +36,15 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import NotCandidate, Skip, constant_value, consumers, is_private, producer, remove_node
+from onnxprune.graph import (
+    NotCandidate,
+    Skip,
+    constant_value,
+    consumers,
+    is_private,
+    producer,
+    remove_node,
+)
 from onnxprune.linear import LINEAR_OPS, LinearOp, as_linear
 from onnxprune.passes.base import PassReport, rewrite_nodes
 

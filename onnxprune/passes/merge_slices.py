@@ -25,7 +25,16 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import NotCandidate, Skip, constant_value, is_private, new_constant, producer, rank, remove_node
+from onnxprune.graph import (
+    NotCandidate,
+    Skip,
+    constant_value,
+    is_private,
+    new_constant,
+    producer,
+    rank,
+    remove_node,
+)
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
 log = logging.getLogger(__name__)

@@ -35,12 +35,6 @@ def nop_model(op, inputs=(), attrs=None, opset=13, x_shape=X, outputs=1, inits=N
     return make_model(nodes, [tensor("x", x_shape)], [tensor("y", out_shape)], inits, opset)
 
 
-def nodes(model):
-    return [
-        (n.op_type, list(n.input), list(n.output), {a.name: helper.get_attribute_value(a) for a in n.attribute})
-        for n in model.graph.node
-    ]
-
 
 def assert_removed(model, op):
     result, report = run_pass(model, NAME)

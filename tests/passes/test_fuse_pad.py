@@ -57,12 +57,6 @@ def model(opset=13, pads=SPATIAL, op="Conv", attrs=None, extra=(), extra_outputs
     return make_model(nodes, [tensor("x", ["N", 3, 8, 8])], outputs, inits, opset)
 
 
-def nodes(model):
-    return [
-        (n.op_type, list(n.input), list(n.output), {a.name: helper.get_attribute_value(a) for a in n.attribute})
-        for n in model.graph.node
-    ]
-
 
 def assert_fused(model, pads):
     result, report = run_pass(model, NAME)
