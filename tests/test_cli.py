@@ -132,7 +132,7 @@ def test_bench_two_models(model_path, tmp_path, capsys):
 
 def test_entry_point_reports_bad_input_without_traceback(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "onnxprune.cli", "inspect", str(tmp_path / "missing.onnx")],
+        [sys.executable, "-m", "onnxprune", "inspect", str(tmp_path / "missing.onnx")],
         capture_output=True, text=True, check=False,
     )
     assert result.returncode == 2

@@ -1,87 +1,33 @@
-"""`onnxprune <command>`: parse, call the API, print, exit.
-
-Exit codes: 0 success, 1 a failed check (outputs differ), 2 bad input (missing or corrupt file,
-unknown pass, missing input shape, ...), 3 an internal error (a bug: rerun with --debug).
-"""
+"""Commands of the exact tool-chain: optimize, check, bench, inspect."""
 
 from __future__ import annotations
 
 import argparse
-import logging
-import sys
-from collections.abc import Sequence
 
-from onnxprune import __version__, api, data, latency, report, stats
+from onnxprune import api, data, latency, report, stats
 from onnxprune import model as model_io
-from onnxprune.errors import OnnxPruneError
+from onnxprune.cli.options import common_options, emit, names, tolerance_options
 from onnxprune.pipeline import REGISTRY
 
-log = logging.getLogger("onnxprune")
 
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-    )
-    try:
-        return args.handler(args)
-    except OnnxPruneError as error:
-        print(f"onnxprune: error: {error}", file=sys.stderr)
-        return error.exit_code
-    except KeyboardInterrupt:
-        print("onnxprune: interrupted", file=sys.stderr)
-        return 130
-    except Exception as error:  # a bug: say so in one line unless asked for the traceback
-        if args.debug:
-            raise
-        print(f"onnxprune: internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr)
-        return 3
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnxprune", description="ONNX in, ONNX out: fold, merge and prune CNNs.")
-    parser.add_argument("--version", action="version", version=f"onnxprune {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+def register(commands) -> None:
     _add_optimize(commands)
     _add_check(commands)
     _add_bench(commands)
     _add_inspect(commands)
-    return parser
-
-
-def _common(parser: argparse.ArgumentParser, data_option: bool = True) -> None:
-    parser.add_argument(
-        "--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
-        help="concrete shape of a model input with dynamic dimensions (repeatable)",
-    )
-    if data_option:
-        parser.add_argument("--data", metavar="FILE", help=".npz/.npy inputs to use instead of random ones")
-    parser.add_argument("--report", metavar="FILE", help="write a machine-readable JSON report")
-    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log what every pass does")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
-
-
-def _tolerances(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--atol", type=float, default=None,
-                        help="absolute tolerance (default: rtol times each output's largest magnitude)")
-    parser.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
 
 
 def _add_optimize(commands) -> None:
     parser = commands.add_parser("optimize", help="run the exact fold/merge passes, verify, write")
     parser.add_argument("input")
     parser.add_argument("output")
-    parser.add_argument("--passes", type=_names, help=f"comma-separated passes to run (default all: {','.join(REGISTRY)})")
-    parser.add_argument("--skip", type=_names, default=[], help="comma-separated passes to leave out")
+    parser.add_argument("--passes", type=names, help=f"comma-separated passes to run (default all: {','.join(REGISTRY)})")
+    parser.add_argument("--skip", type=names, default=[], help="comma-separated passes to leave out")
     parser.add_argument("--runs", type=int, default=20, help="latency runs per model (0: no timing)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for timing")
     parser.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data")
-    _tolerances(parser)
-    _common(parser)
+    tolerance_options(parser)
+    common_options(parser)
     parser.set_defaults(handler=_optimize)
 
 
@@ -91,8 +37,8 @@ def _add_check(commands) -> None:
     parser.add_argument("candidate")
     parser.add_argument("--samples", type=int, default=4, help="random input samples (without --data)")
     parser.add_argument("--seed", type=int, default=0)
-    _tolerances(parser)
-    _common(parser)
+    tolerance_options(parser)
+    common_options(parser)
     parser.set_defaults(handler=_check)
 
 
@@ -105,7 +51,7 @@ def _add_bench(commands) -> None:
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--no-ort-optimization", action="store_true",
                         help="time the stored graph as it is (onnxruntime graph optimizations off)")
-    _common(parser)
+    common_options(parser)
     parser.set_defaults(handler=_bench)
 
 
@@ -113,7 +59,7 @@ def _add_inspect(commands) -> None:
     parser = commands.add_parser("inspect", help="op histogram, parameters, FLOPs and a per-layer table")
     parser.add_argument("model")
     parser.add_argument("--top", type=int, default=20, help="layers to list, most expensive first (0: all)")
-    _common(parser, data_option=False)
+    common_options(parser, data_option=False)
     parser.set_defaults(handler=_inspect)
 
 
@@ -124,7 +70,7 @@ def _optimize(args: argparse.Namespace) -> int:
         atol=args.atol, rtol=args.rtol, runs=args.runs, threads=args.threads,
         external_data=True if args.external_data else None, progress=not args.quiet,
     )
-    _emit(args, outcome.to_dict(), lambda: _optimize_text(outcome))
+    emit(args, outcome.to_dict(), lambda: _optimize_text(outcome))
     return 0
 
 
@@ -151,7 +97,7 @@ def _check(args: argparse.Namespace) -> int:
             for d in equivalence.outputs]
     verdict = "PASS: outputs match" if equivalence.passed else "FAIL: outputs differ beyond tolerance"
     text = report.table(("output", "max abs", "max rel", "mismatched", "result"), rows)
-    _emit(args, {"command": "check", "inputs": inputs.source, **equivalence.to_dict()},
+    emit(args, {"command": "check", "inputs": inputs.source, **equivalence.to_dict()},
           lambda: f"{text}\n\n{verdict} (on {inputs.source})")
     return 0 if equivalence.passed else 1
 
@@ -171,7 +117,7 @@ def _bench(args: argparse.Namespace) -> int:
     text = report.table(("model", "median ms", "p90 ms"), rows)
     if args.other is not None:
         text += f"\n\n{args.other} / {args.model} median latency ratio: {payload['ratio']:.3f}"
-    _emit(args, {"command": "bench", **payload}, lambda: f"{text}\n({args.threads} thread(s), {args.runs} runs)")
+    emit(args, {"command": "bench", **payload}, lambda: f"{text}\n({args.threads} thread(s), {args.runs} runs)")
     return 0
 
 
@@ -179,7 +125,7 @@ def _inspect(args: argparse.Namespace) -> int:
     model = model_io.load(args.model)
     shapes = data.resolve_input_shapes(model, data.parse_input_shapes(args.input_shape))
     counted = stats.model_stats(model, shapes, path=args.model)
-    _emit(args, {"command": "inspect", "model": args.model, **counted.to_dict()}, lambda: _inspect_text(counted, args.top))
+    emit(args, {"command": "inspect", "model": args.model, **counted.to_dict()}, lambda: _inspect_text(counted, args.top))
     return 0
 
 
@@ -195,20 +141,5 @@ def _inspect_text(counted: stats.ModelStats, top: int) -> str:
     return "\n\n".join([histogram, report.table(("layer", "op", "output", "params", "MACs", "share"), rows), totals])
 
 
-def _emit(args: argparse.Namespace, payload: dict, text) -> None:
-    if args.report:
-        report.write_json(args.report, payload)
-    if not args.quiet:
-        print(text())
-
-
 def _median(measurement: api.Measurement) -> float | None:
     return measurement.latency.median_ms if measurement.latency else None
-
-
-def _names(text: str) -> list[str]:
-    return [name.strip() for name in text.split(",") if name.strip()]
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,54 @@
+"""`onnxprune <command>`: parse, call the API, print, exit.
+
+Exit codes: 0 success, 1 a failed check (outputs differ), 2 bad input (missing or corrupt file,
+unknown pass, missing input shape, ...), 3 an internal error (a bug: rerun with --debug).
+Each module of this package registers one group of commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from onnxprune import __version__
+from onnxprune.cli import exact
+from onnxprune.errors import OnnxPruneError
+
+log = logging.getLogger("onnxprune")
+
+COMMAND_GROUPS = (exact,)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        return args.handler(args)
+    except OnnxPruneError as error:
+        print(f"onnxprune: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("onnxprune: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # a bug: say so in one line unless asked for the traceback
+        if args.debug:
+            raise
+        print(f"onnxprune: internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr)
+        return 3
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="onnxprune", description="ONNX in, ONNX out: fold, merge and prune CNNs.")
+    parser.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for group in COMMAND_GROUPS:
+        group.register(commands)
+    return parser
+
+

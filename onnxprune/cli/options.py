@@ -1,0 +1,41 @@
+"""Options and output helpers every command group shares."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from onnxprune import report
+
+
+def common_options(parser: argparse.ArgumentParser, data_option: bool = True) -> None:
+    """Options every command shares: input shapes, data, report, verbosity."""
+    parser.add_argument(
+        "--input-shape", action="append", default=[], metavar="NAME:D0,D1,...",
+        help="concrete shape of a model input with dynamic dimensions (repeatable)",
+    )
+    if data_option:
+        parser.add_argument("--data", metavar="FILE", help=".npz/.npy inputs to use instead of random ones")
+    parser.add_argument("--report", metavar="FILE", help="write a machine-readable JSON report")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what every pass does")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of internal errors")
+
+
+def tolerance_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--atol", type=float, default=None,
+                        help="absolute tolerance (default: rtol times each output's largest magnitude)")
+    parser.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+
+
+def emit(args: argparse.Namespace, payload: dict, text: Callable[[], str]) -> None:
+    """Write the JSON report if asked, and print the text unless --quiet."""
+    if args.report:
+        report.write_json(args.report, payload)
+    if not args.quiet:
+        print(text())
+
+
+def names(text: str) -> list[str]:
+    """A comma-separated option value as a list."""
+    return [name.strip() for name in text.split(",") if name.strip()]
