@@ -1,0 +1,184 @@
+"""Channel dependency analysis: which (tensor, axis, index) positions must be removed together.
+
+Handlers link elements (indices of tensor axes); the connected components of those links are the
+*channels*, the units pruning removes. Channels that share an axis form a *group* (a conv's
+output channels with its BN, the next conv's input columns, a residual partner ...): policies
+rank and keep channels per group. A channel is prunable only when it holds a parameter to remove
+and none of its elements lies on a blocked axis: a graph input or output, an op without a
+handler, an axis some op cannot let shrink. Blocks are never guessed away; their reasons are kept.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from onnxprune.channels.handlers import load_all
+from onnxprune.channels.relations import Dim, Relations
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ChannelGroup:
+    """Channels that share tensor axes; ``members`` maps each axis to (positions, channel of each)."""
+
+    id: int
+    size: int
+    members: dict[Dim, tuple[np.ndarray, np.ndarray]]
+    prunable: np.ndarray
+    constants: list[Dim]
+    roles: dict[Dim, tuple[str, str, str]]
+    reasons: list[str] = field(default_factory=list)
+    inexact: list[str] = field(default_factory=list)
+
+    @property
+    def is_prunable(self) -> bool:
+        return bool(self.prunable.any())
+
+    def positions(self, dim: Dim, channels: np.ndarray) -> np.ndarray:
+        """Positions along ``dim`` that hold any of ``channels``."""
+        where, owner = self.members[dim]
+        return where[np.isin(owner, channels)]
+
+    def dims_with_role(self, role: str) -> list[Dim]:
+        return [dim for dim in self.constants if self.roles.get(dim, ("", "", ""))[2] == role]
+
+    def describe(self) -> str:
+        """One line: size, members, and why it is (not) prunable."""
+        tensors = sorted({name for name, _ in self.members})
+        status = "prunable" if self.is_prunable else "not prunable: " + "; ".join(self.reasons[:3])
+        return f"group {self.id}: {self.size} channels over {len(tensors)} tensors ({status})"
+
+
+@dataclass
+class ChannelGraph:
+    graph: gs.Graph
+    groups: list[ChannelGroup]
+    relations: Relations
+
+    @property
+    def prunable(self) -> list[ChannelGroup]:
+        return [group for group in self.groups if group.is_prunable]
+
+
+def analyse(graph: gs.Graph) -> ChannelGraph:
+    """Channel groups of ``graph``; it must be cleaned, sorted and shape-inferred (pipeline.prepare)."""
+    rel = _collect(graph)
+    dims = list(rel.sizes)
+    offsets = dict(zip(dims, np.cumsum([0] + [rel.sizes[d] for d in dims[:-1]]).tolist()))
+    total = sum(rel.sizes.values())
+    labels = _components(total, _edges(rel, offsets))
+    groups = _build_groups(graph, rel, dims, offsets, labels)
+    log.info("channel analysis: %d groups, %d prunable", len(groups), sum(g.is_prunable for g in groups))
+    return ChannelGraph(graph, groups, rel)
+
+
+def _collect(graph: gs.Graph) -> Relations:
+    handlers = load_all()
+    rel = Relations(graph)
+    for node in graph.nodes:
+        handler = handlers.get(node.op)
+        if handler is None or node.domain not in (None, "", "ai.onnx"):
+            for tensor in [*node.inputs, *node.outputs]:
+                rel.block_all(tensor, f"{node.op} '{node.name}' has no channel handler")
+            continue
+        handler.relate(rel, node)
+    for tensor in graph.inputs:
+        rel.block_all(tensor, f"graph input '{tensor.name}'")
+    for tensor in graph.outputs:
+        rel.block_all(tensor, f"graph output '{tensor.name}'")
+    _block_unaccepted(graph, rel)
+    return rel
+
+
+def _block_unaccepted(graph: gs.Graph, rel: Relations) -> None:
+    """A dim may only shrink where every node touching its tensor accepted it."""
+    by_tensor: dict[str, list[Dim]] = defaultdict(list)
+    for dim in rel.sizes:
+        by_tensor[dim[0]].append(dim)
+    for node in graph.nodes:
+        accepted = rel.accepted.get(node.name, set())
+        for tensor in [*node.inputs, *node.outputs]:
+            for dim in by_tensor.get(tensor.name, ()):
+                if dim not in accepted:
+                    rel.blocked.setdefault(dim, f"{node.op} '{node.name}' cannot change axis {dim[1]} of '{dim[0]}'")
+
+
+def _edges(rel: Relations, offsets: dict[Dim, int]) -> tuple[np.ndarray, np.ndarray]:
+    if not rel.links:
+        return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64)
+    first = np.concatenate([offsets[a] + ai for a, ai, _, _ in rel.links])
+    second = np.concatenate([offsets[b] + bi for _, _, b, bi in rel.links])
+    return first, second
+
+
+def _components(count: int, edges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    first, second = edges
+    matrix = coo_matrix((np.ones(len(first), dtype=np.int8), (first, second)), shape=(count, count))
+    return connected_components(matrix, directed=False)[1]
+
+
+def _build_groups(graph, rel: Relations, dims: list[Dim], offsets: dict[Dim, int], labels: np.ndarray) -> list[ChannelGroup]:
+    constants = {name for name, tensor in graph.tensors().items() if isinstance(tensor, gs.Constant)}
+    blocked_channels, channel_reasons = _blocked(rel, offsets, labels)
+    with_param = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
+    for dim in dims:
+        if dim[0] in constants:
+            with_param[labels[offsets[dim] : offsets[dim] + rel.sizes[dim]]] = True
+    group_of = _group_labels(dims, offsets, rel.sizes, labels)
+    members: dict[int, dict[Dim, tuple[np.ndarray, np.ndarray]]] = defaultdict(dict)
+    for dim in dims:
+        span = labels[offsets[dim] : offsets[dim] + rel.sizes[dim]]
+        for group in np.unique(group_of[span]):
+            where = np.nonzero(group_of[span] == group)[0]
+            members[int(group)][dim] = (where, span[where])
+    return [
+        _group(index, rel, dim_map, constants, blocked_channels, channel_reasons, with_param)
+        for index, dim_map in enumerate(members[g] for g in sorted(members))
+    ]
+
+
+def _group(index, rel, dim_map, constants, blocked_channels, channel_reasons, with_param) -> ChannelGroup:
+    channels = np.unique(np.concatenate([owner for _, owner in dim_map.values()]))
+    renumbered = {dim: (where, np.searchsorted(channels, owner)) for dim, (where, owner) in dim_map.items()}
+    prunable = ~blocked_channels[channels] & with_param[channels]
+    reasons = Counter(channel_reasons[int(c)] for c in channels if int(c) in channel_reasons)
+    if not with_param[channels].any():
+        reasons["holds no parameter to remove"] += len(channels)
+    inexact = sorted({rel.inexact[dim] for dim in dim_map if dim in rel.inexact})
+    group_constants = [dim for dim in dim_map if dim[0] in constants]
+    roles = {dim: rel.roles[dim] for dim in group_constants if dim in rel.roles}
+    return ChannelGroup(index, len(channels), renumbered, prunable, group_constants, roles,
+                        [reason for reason, _ in reasons.most_common()], inexact)
+
+
+def _blocked(rel: Relations, offsets: dict[Dim, int], labels: np.ndarray) -> tuple[np.ndarray, dict[int, str]]:
+    blocked = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
+    reasons: dict[int, str] = {}
+    for dim, reason in rel.blocked.items():
+        if dim not in offsets:
+            continue
+        span = labels[offsets[dim] : offsets[dim] + rel.sizes[dim]]
+        blocked[span] = True
+        for channel in np.unique(span):
+            reasons.setdefault(int(channel), reason)
+    return blocked, reasons
+
+
+def _group_labels(dims: list[Dim], offsets, sizes, labels: np.ndarray) -> np.ndarray:
+    """Channels that appear on a common axis belong to one group."""
+    count = labels.max() + 1 if len(labels) else 0
+    first, second = [], []
+    for dim in dims:
+        span = np.unique(labels[offsets[dim] : offsets[dim] + sizes[dim]])
+        first.append(span[:-1])
+        second.append(span[1:])
+    edges = (np.concatenate(first) if first else np.zeros(0, np.int64), np.concatenate(second) if second else np.zeros(0, np.int64))
+    return _components(count, edges)
