@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,10 +16,23 @@ from typing import Any
 
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 
-from onnxprune import data, latency, pipeline, stats, verify
+from onnxprune import (
+    channels,
+    data,
+    importance,
+    latency,
+    pipeline,
+    policy,
+    stats,
+    verify,
+)
 from onnxprune import model as model_io
+from onnxprune.channels import ChannelGraph
 from onnxprune.errors import VerificationError
+from onnxprune.graph import unshare_constants
+from onnxprune.passes import compensate, prune_channels
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +68,10 @@ class Measurement:
 
     stats: stats.ModelStats
     latency: latency.Latency | None = None
+
+    @property
+    def median_ms(self) -> float | None:
+        return self.latency.median_ms if self.latency else None
 
     def to_dict(self) -> dict[str, Any]:
         return {"stats": self.stats.to_dict(), "latency": self.latency.to_dict() if self.latency else None}
@@ -153,3 +171,104 @@ def _measure_pair(original, optimized, inputs, source, written, runs, threads) -
 def _worst(equivalence: verify.Equivalence) -> str:
     failed = [diff for diff in equivalence.outputs if not diff.passed]
     return ", ".join(f"output '{d.name}' max abs error {d.max_abs:.3g} (max rel {d.max_rel:.3g})" for d in failed)
+
+
+PRE_PRUNE_PASSES = ("fold_constants", "eliminate", "merge_slices", "fuse_pad")
+"""Exact clean-ups run before pruning; BN folding waits until after, so a BN criterion can read γ."""
+
+
+@dataclass
+class PruneOutcome:
+    source: Path
+    destination: Path
+    criterion: str
+    removed: dict[int, int]
+    group_sizes: dict[int, int]
+    reports: list
+    fidelity: verify.Fidelity
+    before: Measurement
+    after: Measurement
+    inputs: Inputs
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "command": "prune",
+            "input": str(self.source),
+            "output": str(self.destination),
+            "criterion": self.criterion,
+            "inputs": self.inputs.source,
+            "groups": [{"group": g, "channels": self.group_sizes[g], "removed": n} for g, n in self.removed.items()],
+            "passes": [report.to_dict() for report in self.reports],
+            "fidelity": self.fidelity.to_dict(),
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "seconds": self.seconds,
+        }
+
+
+def prepare_for_pruning(graph: gs.Graph) -> list:
+    """Exact clean-ups, then one copy of each shared constant per reader, so groups stay apart."""
+    reports, _ = pipeline.run_passes(graph, PRE_PRUNE_PASSES)
+    if unshare_constants(graph):
+        pipeline.prepare(graph)
+    return reports
+
+
+def prune_model(
+    model: onnx.ModelProto,
+    criterion: str = "l1",
+    config: policy.PolicyConfig | None = None,
+    fuse: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    criterion_options: Mapping[str, Any] | None = None,
+) -> tuple[onnx.ModelProto, dict[int, np.ndarray], ChannelGraph, list]:
+    """Clean up, score channels, choose, (fuse,) cut, then fold: the pruned model and what went.
+
+    The caller's model is not modified.
+    """
+    config = config or policy.PolicyConfig()
+    scorer = importance.make(criterion, **dict(criterion_options or {}))
+    graph = model_io.to_graph(model)
+    reports = prepare_for_pruning(graph)
+    channel_graph = channels.analyse(graph)
+    scores = {group.id: scorer(group, graph) for group in channel_graph.prunable}
+    counted = stats.model_stats(model_io.to_model(graph, model), data.resolve_input_shapes(model, input_shapes))
+    remove = policy.select(channel_graph, scores, config, counted)
+    if fuse:
+        reports.append(compensate.run(graph, channel_graph, remove))
+    reports.append(prune_channels.run(graph, channel_graph, remove))
+    folded, _ = pipeline.run_passes(graph, list(pipeline.REGISTRY))
+    reports.extend(folded)
+    return model_io.to_model(graph, model), remove, channel_graph, reports
+
+
+def prune_file(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    criterion: str = "l1",
+    config: policy.PolicyConfig | None = None,
+    fuse: bool = False,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    data_path: str | os.PathLike | None = None,
+    runs: int = 20,
+    threads: int = 1,
+    criterion_options: Mapping[str, Any] | None = None,
+) -> PruneOutcome:
+    """Prune ``source`` into ``destination`` and measure what it cost (size, FLOPs, latency, fidelity)."""
+    start = time.perf_counter()
+    model_io.ensure_distinct(source, destination)
+    original = model_io.load(source)
+    inputs = Inputs.for_model(original, input_shapes, data_path)
+    pruned, remove, channel_graph, reports = prune_model(
+        original, criterion, config, fuse, input_shapes, criterion_options
+    )
+    model_io.check(pruned, destination)
+    seconds = time.perf_counter() - start
+    fidelity = verify.fidelity(original, pruned, inputs.feeds)
+    written = model_io.save(pruned, destination)
+    before, after = _measure_pair(original, pruned, inputs, source, written, runs, threads)
+    sizes = {group.id: group.size for group in channel_graph.groups}
+    removed = {group: len(channels_) for group, channels_ in remove.items() if len(channels_)}
+    return PruneOutcome(Path(source), written, criterion, removed, sizes, reports, fidelity, before, after,
+                        inputs, seconds)

@@ -186,3 +186,21 @@ def set_constant(graph: gs.Graph, node: gs.Node, index: int, values: np.ndarray,
     while len(node.inputs) <= index:
         node.inputs.append(gs.Variable.empty())
     node.inputs[index] = replacement
+
+
+def unshare_constants(graph: gs.Graph) -> int:
+    """Give every reader of a shared float constant its own copy; returns how many copies were made.
+
+    Exporters deduplicate equal tensors (torch shares one all-ones tensor between every BN of a
+    width); pruning one reader's channels must not tie it to, or cut, the others.
+    """
+    copies = 0
+    for tensor in [t for t in graph.tensors().values() if isinstance(t, gs.Constant)]:
+        readers = list(tensor.outputs)
+        if len(readers) < 2 or not np.issubdtype(np.asarray(tensor.values).dtype, np.floating):
+            continue
+        for node in readers[1:]:
+            index = next(i for i, t in enumerate(node.inputs) if t is tensor)
+            node.inputs[index] = new_constant(graph, f"{tensor.name}_{node.name}", np.array(tensor.values))
+            copies += 1
+    return copies

@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from onnxprune import __version__
-from onnxprune.cli import exact
+from onnxprune.cli import exact, prune
 from onnxprune.errors import OnnxPruneError
 
 log = logging.getLogger("onnxprune")
 
-COMMAND_GROUPS = (exact,)
+COMMAND_GROUPS = (exact, prune)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -75,8 +75,8 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _optimize_text(outcome: api.OptimizeOutcome) -> str:
-    before = report.summary_metrics(outcome.before.stats, _median(outcome.before))
-    after = report.summary_metrics(outcome.after.stats, _median(outcome.after))
+    before = report.summary_metrics(outcome.before.stats, outcome.before.median_ms)
+    after = report.summary_metrics(outcome.after.stats, outcome.after.median_ms)
     worst = max((d.max_abs for d in outcome.equivalence.outputs), default=0.0)
     return "\n".join([
         report.passes_table(outcome.result.reports), "",
@@ -139,7 +139,3 @@ def _inspect_text(counted: stats.ModelStats, top: int) -> str:
     totals = (f"nodes {counted.nodes}, parameters {counted.params:,}, MACs {counted.macs:,} "
               f"(FLOPs {counted.flops:,}), size {counted.size_bytes:,} bytes")
     return "\n\n".join([histogram, report.table(("layer", "op", "output", "params", "MACs", "share"), rows), totals])
-
-
-def _median(measurement: api.Measurement) -> float | None:
-    return measurement.latency.median_ms if measurement.latency else None

@@ -42,6 +42,14 @@ def register(*op_types: str) -> Callable[[type[Handler]], type[Handler]]:
 
 def load_all() -> dict[str, Handler]:
     """Import every handler module so that their registrations run."""
-    from onnxprune.channels.handlers import elementwise, linear, normalization, pooling, shape  # noqa: F401
+    from onnxprune.channels.handlers import (  # noqa: F401
+        broadcast,
+        elementwise,
+        linear,
+        normalization,
+        pooling,
+        segments,
+        views,
+    )
 
     return HANDLERS

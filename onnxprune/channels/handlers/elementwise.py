@@ -27,6 +27,9 @@ BROADCASTING = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", 
 class ElementwiseHandler(Handler):
     """Output axis ``a`` is axis ``a - (r - r_i)`` of input ``i`` wherever that axis is not broadcast.
 
+    Size-1 axes stay out: nothing can be removed from them, and linking them would only tie
+    broadcast constants to the batch axis.
+
     Scalar side inputs (Clip's min/max, PRelu's broadcast slope) have size-1 axes and stay out.
     """
 
@@ -42,7 +45,7 @@ class ElementwiseHandler(Handler):
                 continue
             for axis, size in enumerate(shape):
                 out_axis = axis + out_rank - len(shape)
-                if size == 1 and y.shape[out_axis] != 1:
+                if size == 1:
                     continue
                 rel.same(node, tensor, axis, y, out_axis)
                 if constant_value(tensor) is not None:
