@@ -190,10 +190,12 @@ class PruneOutcome:
     after: Measurement
     inputs: Inputs
     seconds: float
+    unfused: verify.Fidelity | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "command": "prune",
+            "fidelity_without_fusion": self.unfused.to_dict() if self.unfused else None,
             "input": str(self.source),
             "output": str(self.destination),
             "criterion": self.criterion,
@@ -266,9 +268,13 @@ def prune_file(
     model_io.check(pruned, destination)
     seconds = time.perf_counter() - start
     fidelity = verify.fidelity(original, pruned, inputs.feeds)
+    unfused = None
+    if fuse:
+        plain, *_ = prune_model(original, criterion, config, False, input_shapes, criterion_options)
+        unfused = verify.fidelity(original, plain, inputs.feeds)
     written = model_io.save(pruned, destination)
     before, after = _measure_pair(original, pruned, inputs, source, written, runs, threads)
     sizes = {group.id: group.size for group in channel_graph.groups}
     removed = {group: len(channels_) for group, channels_ in remove.items() if len(channels_)}
     return PruneOutcome(Path(source), written, criterion, removed, sizes, reports, fidelity, before, after,
-                        inputs, seconds)
+                        inputs, seconds, unfused)

@@ -75,8 +75,16 @@ def _prune_text(outcome: api.PruneOutcome) -> str:
         report.before_after(before, after),
         "",
         f"fidelity on {outcome.inputs.source}: cosine {fidelity.cosine:.4f}, top-1 agreement {agreement}",
+        *_fusion_line(outcome),
         f"wrote {outcome.destination}",
     ])
+
+
+def _fusion_line(outcome: api.PruneOutcome) -> list[str]:
+    if outcome.unfused is None:
+        return []
+    before, after = outcome.unfused.cosine, outcome.fidelity.cosine
+    return [f"information fusion: cosine {before:.4f} without -> {after:.4f} with ({after - before:+.4f})"]
 
 
 def _groups(args: argparse.Namespace) -> int:
