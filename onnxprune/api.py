@@ -52,13 +52,13 @@ class Inputs:
         cls,
         model: onnx.ModelProto,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
-        data_path: str | os.PathLike | None = None,
+        source: data.DataSource | None = None,
         samples: int = 4,
         seed: int = 0,
     ) -> Inputs:
         shapes = data.resolve_input_shapes(model, input_shapes)
-        if data_path is not None:
-            return cls(shapes, data.load_feeds(data_path, model, shapes), str(data_path))
+        if source is not None:
+            return cls(shapes, source.feeds(model, shapes), str(source))
         return cls(shapes, data.random_feeds(model, shapes, seed=seed, count=samples), f"random (seed {seed})")
 
 
@@ -132,7 +132,7 @@ def optimize_file(
     passes: Sequence[str] | None = None,
     skip: Sequence[str] = (),
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    data_path: str | os.PathLike | None = None,
+    data_source: data.DataSource | None = None,
     atol: float | None = None,
     rtol: float = 1e-5,
     runs: int = 20,
@@ -147,7 +147,7 @@ def optimize_file(
     model_io.ensure_distinct(source, destination)
     original = model_io.load(source)
     pipeline.resolve_passes(passes, skip)
-    inputs = Inputs.for_model(original, input_shapes, data_path)
+    inputs = Inputs.for_model(original, input_shapes, data_source)
     result = pipeline.optimize(original, passes, skip, progress=progress)
     equivalence = check_equivalence(original, result.model, inputs.feeds, atol, rtol)
     if not equivalence.passed:
@@ -252,7 +252,7 @@ def prune_file(
     config: policy.PolicyConfig | None = None,
     fuse: bool = False,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    data_path: str | os.PathLike | None = None,
+    data_source: data.DataSource | None = None,
     runs: int = 20,
     threads: int = 1,
     criterion_options: Mapping[str, Any] | None = None,
@@ -261,7 +261,7 @@ def prune_file(
     start = time.perf_counter()
     model_io.ensure_distinct(source, destination)
     original = model_io.load(source)
-    inputs = Inputs.for_model(original, input_shapes, data_path)
+    inputs = Inputs.for_model(original, input_shapes, data_source)
     pruned, remove, channel_graph, reports = prune_model(
         original, criterion, config, fuse, input_shapes, criterion_options
     )

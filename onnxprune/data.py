@@ -243,10 +243,39 @@ def _prepare(spec: InputSpec, array: np.ndarray, target: tuple[Dim, ...]) -> np.
     return np.ascontiguousarray(array, dtype=spec.dtype)
 
 
+def channel_stats(values: Sequence[float] | None, channels: int, name: str) -> np.ndarray | None:
+    """Per-channel mean or std shaped to broadcast over NCHW (one value: over everything)."""
+    if values is None:
+        return None
+    values = np.asarray(values, np.float32).reshape(-1)
+    if len(values) not in (1, channels):
+        raise InputError(f"--{name} has {len(values)} values; the model's input has {channels} channel(s)")
+    if name == "std" and np.any(values == 0):
+        raise InputError("--std must not contain 0")
+    return values.reshape((1, -1) + (1,) * 2) if len(values) == channels else values.reshape(1)
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """User data for a model: an .npz/.npy file and the normalisation to apply after scaling."""
+
+    path: str | os.PathLike
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+    def feeds(self, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | None = None):
+        return load_feeds(self.path, model, shapes, self.mean, self.std)
+
+
 def load_feeds(
     path: str | os.PathLike,
     model: onnx.ModelProto,
     shapes: Mapping[str, tuple[int, ...]] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> list[dict[str, np.ndarray]]:
     """User data from ``.npz`` (one array per input name) or ``.npy`` (single-input models).
 
@@ -255,6 +284,7 @@ def load_feeds(
     4-D float input is image data and is scaled to [0, 1]; then arrays are cast to the input
     dtype and split along axis 0 into chunks of the batch size: the model's static batch dim,
     else ``shapes``'s leading dim, else 32. With a static batch dim a partial chunk is dropped.
+    ``mean``/``std`` (per channel, or one value) then normalise 4-D float inputs.
     """
     path = Path(path)
     specs = input_specs(model)
@@ -268,13 +298,25 @@ def load_feeds(
             raise UnsupportedModelError(
                 f"input '{spec.name}' is a scalar; cannot split data into batches"
             )
-        arrays[spec.name] = _prepare(spec, picked[spec.name], target)
+        arrays[spec.name] = _normalise(_prepare(spec, picked[spec.name], target), mean, std)
     lengths = sorted({len(a) for a in arrays.values()})
     if len(lengths) != 1:
         raise InputError(f"data arrays have different sample counts: {lengths}")
     if lengths[0] == 0:
         raise InputError(f"data file '{path}' holds no samples")
     return _split(arrays, specs, shapes, lengths[0])
+
+
+def _normalise(array: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
+    if array.ndim != 4 or array.dtype.kind != "f" or (mean is None and std is None):
+        return array
+    channels = array.shape[1]
+    shift, scale = channel_stats(mean, channels, "mean"), channel_stats(std, channels, "std")
+    if shift is not None:
+        array = array - shift.astype(array.dtype)
+    if scale is not None:
+        array = array / scale.astype(array.dtype)
+    return np.ascontiguousarray(array)
 
 
 def _batch_size(spec: InputSpec, shapes: Mapping[str, tuple[int, ...]] | None) -> int:

@@ -6,7 +6,13 @@ import argparse
 
 from onnxprune import api, data, latency, report, stats
 from onnxprune import model as model_io
-from onnxprune.cli.options import common_options, emit, names, tolerance_options
+from onnxprune.cli.options import (
+    common_options,
+    data_source,
+    emit,
+    names,
+    tolerance_options,
+)
 from onnxprune.pipeline import REGISTRY
 
 
@@ -66,7 +72,7 @@ def _add_inspect(commands) -> None:
 def _optimize(args: argparse.Namespace) -> int:
     outcome = api.optimize_file(
         args.input, args.output, passes=args.passes, skip=args.skip,
-        input_shapes=data.parse_input_shapes(args.input_shape), data_path=args.data,
+        input_shapes=data.parse_input_shapes(args.input_shape), data_source=data_source(args),
         atol=args.atol, rtol=args.rtol, runs=args.runs, threads=args.threads,
         external_data=True if args.external_data else None, progress=not args.quiet,
     )
@@ -90,7 +96,7 @@ def _check(args: argparse.Namespace) -> int:
     reference = model_io.load(args.reference)
     model_io.load(args.candidate)
     inputs = api.Inputs.for_model(
-        reference, data.parse_input_shapes(args.input_shape), args.data, samples=args.samples, seed=args.seed
+        reference, data.parse_input_shapes(args.input_shape), data_source(args), samples=args.samples, seed=args.seed
     )
     equivalence = api.check_equivalence(args.reference, args.candidate, inputs.feeds, args.atol, args.rtol)
     rows = [(d.name, d.max_abs, d.max_rel, f"{d.mismatched}/{d.total}", "ok" if d.passed else "FAIL")
@@ -104,7 +110,7 @@ def _check(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     first = model_io.load(args.model)
-    inputs = api.Inputs.for_model(first, data.parse_input_shapes(args.input_shape), args.data, samples=1)
+    inputs = api.Inputs.for_model(first, data.parse_input_shapes(args.input_shape), data_source(args), samples=1)
     options = dict(runs=args.runs, warmup=args.warmup, threads=args.threads, optimize=not args.no_ort_optimization)
     if args.other is None:
         timed = latency.measure(args.model, inputs.feeds[0], progress=not args.quiet, **options)

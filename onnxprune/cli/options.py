@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from onnxprune import report
+from onnxprune.data import DataSource
 
 
 def common_options(parser: argparse.ArgumentParser, data_option: bool = True) -> None:
@@ -16,6 +17,7 @@ def common_options(parser: argparse.ArgumentParser, data_option: bool = True) ->
     )
     if data_option:
         parser.add_argument("--data", metavar="FILE", help=".npz/.npy inputs to use instead of random ones")
+        normalisation_options(parser)
     parser.add_argument("--report", metavar="FILE", help="write a machine-readable JSON report")
     parser.add_argument("-q", "--quiet", action="store_true", help="print nothing but errors")
     parser.add_argument("-v", "--verbose", action="store_true", help="log what every pass does")
@@ -39,3 +41,23 @@ def emit(args: argparse.Namespace, payload: dict, text: Callable[[], str]) -> No
 def names(text: str) -> list[str]:
     """A comma-separated option value as a list."""
     return [name.strip() for name in text.split(",") if name.strip()]
+
+
+def normalisation_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--mean", type=floats, metavar="M[,M,...]", help="per-channel mean, after scaling uint8 to [0, 1]")
+    parser.add_argument("--std", type=floats, metavar="S[,S,...]", help="per-channel std, after scaling uint8 to [0, 1]")
+
+
+def floats(text: str) -> list[float]:
+    """A comma-separated list of numbers (argparse type)."""
+    try:
+        return [float(value) for value in names(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
+
+
+def data_source(args: argparse.Namespace) -> DataSource | None:
+    """The --data file with its --mean/--std, or None without --data."""
+    if not getattr(args, "data", None):
+        return None
+    return DataSource(args.data, getattr(args, "mean", None), getattr(args, "std", None))

@@ -6,7 +6,7 @@ import argparse
 
 from onnxprune import api, channels, data, importance, policy, report
 from onnxprune import model as model_io
-from onnxprune.cli.options import common_options, emit, names
+from onnxprune.cli.options import common_options, data_source, emit, names
 
 
 def register(commands) -> None:
@@ -54,11 +54,19 @@ def _prune(args: argparse.Namespace) -> int:
     )
     outcome = api.prune_file(
         args.input, args.output, criterion=args.criterion, config=config, fuse=args.fuse,
-        input_shapes=data.parse_input_shapes(args.input_shape), data_path=args.data, runs=args.runs,
-        threads=args.threads, criterion_options={"seed": args.seed} if args.criterion == "random" else None,
+        input_shapes=data.parse_input_shapes(args.input_shape), data_source=data_source(args), runs=args.runs,
+        threads=args.threads, criterion_options=_criterion_options(args),
     )
     emit(args, outcome.to_dict(), lambda: _prune_text(outcome))
     return 0
+
+
+def _criterion_options(args: argparse.Namespace) -> dict:
+    if args.criterion == "random":
+        return {"seed": args.seed}
+    if importance.needs_data(args.criterion):
+        return {"data": args.data, "mean": args.mean, "std": args.std}
+    return {}
 
 
 def _prune_text(outcome: api.PruneOutcome) -> str:

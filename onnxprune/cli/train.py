@@ -16,19 +16,11 @@ import numpy as np
 
 from onnxprune import data
 from onnxprune import model as model_io
-from onnxprune.cli.options import common_options, emit, names
+from onnxprune.cli.options import common_options, emit, names, normalisation_options
 from onnxprune.errors import InputError
 from onnxprune.retrain import evaluate as scoring
 
 SPARSE_THRESHOLD = 0.01  # |γ| below this counts as (nearly) zero in the summaries
-
-
-def floats(text: str) -> list[float]:
-    """A comma-separated list of numbers (argparse type)."""
-    try:
-        return [float(value) for value in names(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got '{text}'") from None
 
 
 def register(commands) -> None:
@@ -40,8 +32,7 @@ def register(commands) -> None:
 def _data_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="FILE",
                         help=".npz with x_train/y_train (training) and x_test/y_test (evaluation)")
-    parser.add_argument("--mean", type=floats, metavar="M[,M,...]", help="per-channel mean, after scaling uint8 to [0, 1]")
-    parser.add_argument("--std", type=floats, metavar="S[,S,...]", help="per-channel std, after scaling uint8 to [0, 1]")
+    normalisation_options(parser)
     parser.add_argument("--limit", type=int, help="use only the first N samples of each split")
 
 

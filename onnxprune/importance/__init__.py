@@ -28,6 +28,7 @@ from onnxprune.channels.relations import ROLE_OUT
 from onnxprune.errors import InputError
 from onnxprune.importance.bn_scale import BNScale
 from onnxprune.importance.entropy import Entropy
+from onnxprune.importance.gradient import Gradient
 from onnxprune.importance.magnitude import Magnitude
 from onnxprune.importance.random import Random
 
@@ -49,6 +50,8 @@ CRITERIA: dict[str, Callable[..., Criterion]] = {
     "bn": BNScale,
     "entropy": Entropy,
     "random": Random,
+    "taylor": functools.partial(Gradient, mode="taylor"),
+    "gradient": functools.partial(Gradient, mode="gradient"),
 }
 
 
@@ -130,6 +133,6 @@ def _factory(name: str) -> Callable[..., Criterion]:
 
 
 __all__ = [
-    "CRITERIA", "BNScale", "Criterion", "Entropy", "FilterScores", "Magnitude", "Random", "from_filter_scores",
+    "CRITERIA", "BNScale", "Criterion", "Entropy", "FilterScores", "Gradient", "Magnitude", "Random", "from_filter_scores",
     "make", "needs_data", "register", "score_groups",
 ]

@@ -146,17 +146,6 @@ def check_label_range(labels: np.ndarray, classes: int | None, where: str) -> No
         raise InputError(f"{where}: label {bad} is out of range (the model has {classes} classes: {bound})")
 
 
-def _channel_stats(values: Sequence[float] | None, channels: int, name: str) -> np.ndarray | None:
-    if values is None:
-        return None
-    values = np.asarray(values, np.float32).reshape(-1)
-    if len(values) not in (1, channels):
-        raise InputError(f"--{name} has {len(values)} values; the model's input has {channels} channel(s)")
-    if name == "std" and np.any(values == 0):
-        raise InputError("--std must not contain 0")
-    return values.reshape((1, -1) + (1,) * 2) if len(values) == channels else values.reshape(1)
-
-
 def load_labelled(path: str | os.PathLike, model: onnx.ModelProto, split: str = "test",
                   mean: Sequence[float] | None = None, std: Sequence[float] | None = None,
                   limit: int | None = None, input_shape: Sequence[int] | None = None) -> LabelledData:
@@ -185,7 +174,7 @@ def load_labelled(path: str | os.PathLike, model: onnx.ModelProto, split: str = 
     channels = images.shape[1] if images.ndim == 4 else 1
     return LabelledData(
         images, labels, 1 / 255 if images.dtype == np.uint8 else 1.0,
-        _channel_stats(mean, channels, "mean"), _channel_stats(std, channels, "std"), f"{path}:{x_key}",
+        data.channel_stats(mean, channels, "mean"), data.channel_stats(std, channels, "std"), f"{path}:{x_key}",
     )
 
 
