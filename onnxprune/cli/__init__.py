@@ -13,12 +13,12 @@ import sys
 from collections.abc import Sequence
 
 from onnxprune import __version__
-from onnxprune.cli import exact, prune, train
+from onnxprune.cli import blocks, exact, prune, train
 from onnxprune.errors import OnnxPruneError
 
 log = logging.getLogger("onnxprune")
 
-COMMAND_GROUPS = (exact, prune, train)
+COMMAND_GROUPS = (exact, prune, train, blocks)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from onnxprune.graph import (
     Skip,
     constant_value,
     is_graph_output,
+    producer,
     rank,
     remove_node,
     static_shape,
@@ -217,7 +218,16 @@ def _neutral(neutral: int, positions: Sequence[int], graph: gs.Graph, node: gs.N
     raise NotCandidate("no constant operand in a neutral position")
 
 
+def _repeated_activation(graph: gs.Graph, node: gs.Node) -> int:
+    """Relu(Relu(x)) = Relu(x): the outer one is a no-op (left behind when a residual unit is bypassed)."""
+    upstream = producer(node.inputs[0])
+    if upstream is None or upstream.op != node.op:
+        raise NotCandidate("input is not produced by the same activation")
+    return 0
+
+
 MATCHERS: dict[str, Callable[[gs.Graph, gs.Node], int]] = {
+    "Relu": _repeated_activation,
     "Identity": _identity,
     "Dropout": _dropout,
     "Reshape": _reshape,

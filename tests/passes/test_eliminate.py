@@ -167,3 +167,16 @@ def test_unknown_rank_blocks_broadcast_check():
     inputs = [tensor("x", X), tensor("s", [None], TensorProto.INT64)]
     model = make_model(nodes_, inputs, [tensor("y", [None] * 4)], {"k": np.ones((1, 1), np.float32)})
     assert_kept(model, "may enlarge")
+
+
+def test_repeated_relu_is_removed():
+    nodes_ = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Relu", ["r"], ["y"])]
+    model = make_model(nodes_, [tensor("x", X)], [tensor("y", X)])
+    result, report = run_pass(model, NAME)
+    assert len(report.rewrites) == 1 and op_counts(result) == {"Relu": 1}
+    assert_equivalent(model, result)
+
+
+def test_single_relu_is_not_a_candidate():
+    model = make_model([helper.make_node("Relu", ["x"], ["y"])], [tensor("x", X)], [tensor("y", X)])
+    assert_kept(model, None)
