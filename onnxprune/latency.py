@@ -92,20 +92,26 @@ def measure_many(
     threads: int = 1,
     optimize: bool = True,
     progress: bool = False,
+    seed: int = 0,
 ) -> list[Latency]:
-    """Latency of several models timed round-robin, the order rotating every run.
+    """Latency of several models timed run by run, in a fresh random order every run.
 
-    Interleaving makes drift and order effects fall on every model alike, so the medians compare.
+    Interleaving makes drift fall on every model alike; a random (seeded) order, and sessions
+    created in shuffled order, keep any model from always running after the same neighbour,
+    which alone biases identical graphs by several per cent.
     """
     _check_counts(runs, warmup)
-    sessions = [_session(m, threads, optimize) for m in models]
+    rng = np.random.default_rng(seed)
+    sessions: list = [None] * len(models)
+    for k in rng.permutation(len(models)):
+        sessions[k] = _session(models[k], threads, optimize)
     inputs = [select_inputs(s, feeds) for s in sessions]
     for _ in range(warmup):
         for sess, feed in zip(sessions, inputs):
             sess.run(None, feed)
     times: list[list[float]] = [[] for _ in sessions]
-    for i in _bar(runs, progress, "latency"):
-        for k in np.roll(np.arange(len(sessions)), i):
+    for _ in _bar(runs, progress, "latency"):
+        for k in rng.permutation(len(sessions)):
             times[k].append(_timed(sessions[k], inputs[k]))
     return [_summary(t, threads) for t in times]
 

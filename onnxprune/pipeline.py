@@ -19,14 +19,18 @@ from onnxprune.errors import InputError
 from onnxprune.graph import infer_shapes
 from onnxprune.model import to_graph, to_model
 from onnxprune.passes import (
+    cancel_reshapes,
+    cancel_transposes,
     eliminate,
     fold_batchnorm,
     fold_constants,
     fuse_pad,
+    matmul_to_gemm,
     merge_affine,
     merge_branches,
     merge_linear,
     merge_slices,
+    sink_reshapes,
 )
 from onnxprune.passes.base import PassReport
 
@@ -38,6 +42,10 @@ EXACT_PASSES: tuple[ModuleType, ...] = (
     merge_slices,
     fuse_pad,
     fold_batchnorm,
+    matmul_to_gemm,
+    cancel_reshapes,
+    cancel_transposes,
+    sink_reshapes,
     merge_affine,
     merge_branches,
     merge_linear,

@@ -69,6 +69,8 @@ def run(graph: gs.Graph, **options) -> PassReport:
 
 def _match(graph: gs.Graph, node: gs.Node) -> _Merge:
     keep, scale, shift = _terms(node)
+    if _ends_gelu(node):
+        raise Skip("it completes a GELU, x (1 + erf(x / sqrt 2)) / 2, that runtimes fuse into one op")
     reasons = []
     sides: tuple[tuple[str, Callable, Callable], ...] = (
         ("after", _upstream, _merge_after),
@@ -85,6 +87,22 @@ def _match(graph: gs.Graph, node: gs.Node) -> _Merge:
         except Skip as reason:
             reasons.append(f"{side} {linear.op} '{linear.name}': {reason}")
     raise Skip("; ".join(reasons) or "no adjacent linear op")
+
+
+def _ends_gelu(node: gs.Node) -> bool:
+    """``node`` is the Mul by 1/2 closing ``x * (1 + erf(x / sqrt 2))`` (onnxruntime's GeluFusion pattern)."""
+    if node.op != "Mul":
+        return False
+    product = next((producer(tensor) for tensor in node.inputs if producer(tensor) is not None), None)
+    if product is None or product.op != "Mul":
+        return False
+    return any(_is_erf_plus_one(producer(tensor)) for tensor in product.inputs)
+
+
+def _is_erf_plus_one(node: gs.Node | None) -> bool:
+    return node is not None and node.op == "Add" and any(
+        producer(tensor) is not None and producer(tensor).op == "Erf" for tensor in node.inputs
+    )
 
 
 def _apply(graph: gs.Graph, merge: _Merge) -> str:

@@ -280,3 +280,23 @@ def test_constant_broadcasting_the_input_up_is_kept():
     nodes = [affine("Mul", "x", constant(inits, "k", (1, 4, 1, 1)), "a"), conv(inits, "conv", "a", "y", 4, 6)]
     model = make_model(nodes, [tensor("x", [1, 1, 6, 6])], [tensor("y", [None] * 4)], inits)
     assert_kept(model, "not the 4 channels")
+
+
+def test_gelu_half_is_not_folded_into_the_next_gemm():
+    """onnxruntime fuses x * (1 + erf(x / sqrt 2)) * 0.5 into one Gelu: folding the 0.5 breaks that."""
+    rng = np.random.default_rng(0)
+    inits = {
+        "sqrt2": np.array(np.sqrt(2.0), np.float32), "one": np.array(1.0, np.float32),
+        "half": np.array(0.5, np.float32), "W": rng.standard_normal((8, 4)).astype(np.float32),
+        "b": rng.standard_normal(4).astype(np.float32),
+    }
+    nodes = [
+        helper.make_node("Div", ["x", "sqrt2"], ["d"]),
+        helper.make_node("Erf", ["d"], ["e"]),
+        helper.make_node("Add", ["e", "one"], ["a"]),
+        helper.make_node("Mul", ["x", "a"], ["m"]),
+        helper.make_node("Mul", ["m", "half"], ["g"]),
+        helper.make_node("Gemm", ["g", "W", "b"], ["y"]),
+    ]
+    model = make_model(nodes, [tensor("x", [3, 8])], [tensor("y", [3, 4])], inits)
+    assert_kept(model, "completes a GELU")
