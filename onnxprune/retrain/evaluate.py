@@ -224,7 +224,7 @@ def evaluate(model: verify.ModelLike, labelled: LabelledData, batch_size: int = 
     name = session.get_inputs()[0].name
     batch = _static_batch(session) or batch_size
     hits1 = hits5 = 0
-    with tqdm(total=len(labelled), desc="evaluate", unit="img", disable=not progress, leave=False) as bar:
+    with tqdm(total=len(labelled), desc="evaluate", unit="img", disable=None if progress else True, leave=False) as bar:
         for x, y in labelled.batches(batch):
             logits = _run_padded(session, name, x, batch)
             if logits.ndim != 2:

@@ -148,7 +148,7 @@ def channel_scores(model: onnx.ModelProto, labelled: LabelledData, criterion: st
         raise InputError("the model has no Conv/ConvTranspose/Gemm/MatMul layer with a weight initializer to score")
     totals: dict[str, Tensor] = {}
     with unit_scales(module, layers) as units:
-        for x, y in tqdm(labelled.batches(batch_size), desc=criterion, disable=not progress, leave=False,
+        for x, y in tqdm(labelled.batches(batch_size), desc=criterion, disable=None if progress else True, leave=False,
                          total=-(-len(labelled) // batch_size)):
             module.zero_grad(set_to_none=True)
             for scale in units.values():

@@ -284,7 +284,7 @@ class Trainer:
         totals = np.zeros(3)  # loss * n, correct, n
         penalty = None
         bar = tqdm(range(0, len(order), self.config.batch_size), desc=f"epoch {epoch + 1}/{self.config.epochs}",
-                   disable=not (self.config.progress and self.placement.main), leave=False)
+                   disable=None if self.config.progress and self.placement.main else True, leave=False)
         for start in bar:
             index = np.sort(order[start:start + self.config.batch_size])
             x = augment(torch.from_numpy(self.train.inputs(index)), self.config.augment, generator)
