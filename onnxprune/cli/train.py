@@ -49,6 +49,7 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--augment", type=names, default=[], metavar="crop,flip",
                         help="random crop (zero pad H/8) and/or horizontal flip; off by default")
     parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (1 is often fastest for small models)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--checkpoint", metavar="DIR", help="write a checkpoint after every epoch")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoint in --checkpoint DIR")
@@ -152,6 +153,8 @@ def _sparse_train(args: argparse.Namespace) -> int:
 def _run_training(args: argparse.Namespace, model, fit) -> int:
     """Load the data, train, write the model, report before/after accuracy with onnxruntime."""
     train = _retrain("train")
+    if args.threads:
+        importlib.import_module("torch").set_num_threads(args.threads)
     samples = _load(args, model, "train")
     val = _test_split(args, model)
     result = fit(samples, val=val)
