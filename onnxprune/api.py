@@ -46,6 +46,7 @@ class Inputs:
     shapes: dict[str, tuple[int, ...]]
     feeds: Feeds
     source: str
+    random: bool = False
 
     @classmethod
     def for_model(
@@ -59,7 +60,7 @@ class Inputs:
         shapes = data.resolve_input_shapes(model, input_shapes)
         if source is not None:
             return cls(shapes, source.feeds(model, shapes), str(source))
-        return cls(shapes, data.random_feeds(model, shapes, seed=seed, count=samples), f"random (seed {seed})")
+        return cls(shapes, data.random_feeds(model, shapes, seed=seed, count=samples), f"random (seed {seed})", True)
 
 
 @dataclass
@@ -173,39 +174,70 @@ def _worst(equivalence: verify.Equivalence) -> str:
     return ", ".join(f"output '{d.name}' max abs error {d.max_abs:.3g} (max rel {d.max_rel:.3g})" for d in failed)
 
 
+@dataclass
+class Cost:
+    """What a lossy rewrite cost, measured alike for prune, bypass and joint."""
+
+    source: Path
+    destination: Path
+    fidelity: verify.Fidelity
+    before: Measurement
+    after: Measurement
+    inputs: Inputs
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": str(self.source),
+            "output": str(self.destination),
+            "inputs": self.inputs.source,
+            "fidelity": self.fidelity.to_dict(),
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "seconds": self.seconds,
+        }
+
+
+def finish_lossy(
+    source: str | os.PathLike,
+    destination: str | os.PathLike,
+    original: onnx.ModelProto,
+    rewritten: onnx.ModelProto,
+    inputs: Inputs,
+    start: float,
+    runs: int,
+    threads: int,
+) -> Cost:
+    """The tail of every lossy command: check, fidelity, atomic write, before/after measurements."""
+    model_io.check(rewritten, destination)
+    fidelity = verify.fidelity(original, rewritten, inputs.feeds)
+    seconds = time.perf_counter() - start
+    written = model_io.save(rewritten, destination)
+    before, after = _measure_pair(original, rewritten, inputs, source, written, runs, threads)
+    return Cost(Path(source), written, fidelity, before, after, inputs, seconds)
+
+
 PRE_PRUNE_PASSES = ("fold_constants", "eliminate", "merge_slices", "fuse_pad")
 """Exact clean-ups run before pruning; BN folding waits until after, so a BN criterion can read γ."""
 
 
 @dataclass
 class PruneOutcome:
-    source: Path
-    destination: Path
     criterion: str
     removed: dict[int, int]
     group_sizes: dict[int, int]
     reports: list
-    fidelity: verify.Fidelity
-    before: Measurement
-    after: Measurement
-    inputs: Inputs
-    seconds: float
+    cost: Cost
     unfused: verify.Fidelity | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "command": "prune",
-            "fidelity_without_fusion": self.unfused.to_dict() if self.unfused else None,
-            "input": str(self.source),
-            "output": str(self.destination),
+            **self.cost.to_dict(),
             "criterion": self.criterion,
-            "inputs": self.inputs.source,
             "groups": [{"group": g, "channels": self.group_sizes[g], "removed": n} for g, n in self.removed.items()],
             "passes": [report.to_dict() for report in self.reports],
-            "fidelity": self.fidelity.to_dict(),
-            "before": self.before.to_dict(),
-            "after": self.after.to_dict(),
-            "seconds": self.seconds,
+            "fidelity_without_fusion": self.unfused.to_dict() if self.unfused else None,
         }
 
 
@@ -265,16 +297,11 @@ def prune_file(
     pruned, remove, channel_graph, reports = prune_model(
         original, criterion, config, fuse, input_shapes, criterion_options
     )
-    model_io.check(pruned, destination)
-    seconds = time.perf_counter() - start
-    fidelity = verify.fidelity(original, pruned, inputs.feeds)
+    cost = finish_lossy(source, destination, original, pruned, inputs, start, runs, threads)
     unfused = None
     if fuse:
         plain, *_ = prune_model(original, criterion, config, False, input_shapes, criterion_options)
         unfused = verify.fidelity(original, plain, inputs.feeds)
-    written = model_io.save(pruned, destination)
-    before, after = _measure_pair(original, pruned, inputs, source, written, runs, threads)
     sizes = {group.id: group.size for group in channel_graph.groups}
     removed = {group: len(channels_) for group, channels_ in remove.items() if len(channels_)}
-    return PruneOutcome(Path(source), written, criterion, removed, sizes, reports, fidelity, before, after,
-                        inputs, seconds, unfused)
+    return PruneOutcome(criterion, removed, sizes, reports, cost, unfused)

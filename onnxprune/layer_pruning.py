@@ -17,14 +17,13 @@ import os
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune import api, block_importance, data, pipeline, policy, verify
+from onnxprune import api, block_importance, data, pipeline, policy
 from onnxprune import model as model_io
 from onnxprune.blocks import Block, find_blocks, model_macs
 from onnxprune.passes import bypass_blocks
@@ -148,32 +147,20 @@ def as_source(source: DataLike) -> data.DataSource | None:
 
 @dataclass
 class BypassOutcome:
-    source: Path
-    destination: Path
     score: str
     selection: Selection
     result: Bypassed
-    fidelity: verify.Fidelity
-    before: api.Measurement
-    after: api.Measurement
-    inputs: api.Inputs
-    seconds: float
+    cost: api.Cost
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "command": "bypass",
-            "input": str(self.source),
-            "output": str(self.destination),
+            **self.cost.to_dict(),
             "score": self.score,
             "selection": self.selection.describe(),
-            "inputs": self.inputs.source,
             "units": self.result.units(),
             "bypassed": [block.name for block in self.result.removed],
             "passes": [report.to_dict() for report in self.result.reports],
-            "fidelity": self.fidelity.to_dict(),
-            "before": self.before.to_dict(),
-            "after": self.after.to_dict(),
-            "seconds": self.seconds,
         }
 
 
@@ -200,12 +187,8 @@ def bypass_file(
     inputs = api.Inputs.for_model(original, input_shapes, as_source(data_source))
     selection = Selection(count, names, flops_target)
     result = bypass(original, selection, score, inputs.feeds, input_shapes, True, score_options)
-    model_io.check(result.model, destination)
-    fidelity = verify.fidelity(original, result.model, inputs.feeds)
-    seconds = time.perf_counter() - start
-    written = model_io.save(result.model, destination)
-    before, after = api._measure_pair(original, result.model, inputs, source, written, runs, threads)
-    return BypassOutcome(Path(source), written, score, selection, result, fidelity, before, after, inputs, seconds)
+    cost = api.finish_lossy(source, destination, original, result.model, inputs, start, runs, threads)
+    return BypassOutcome(score, selection, result, cost)
 
 
 # --- seed 001: joint layer and channel pruning ----------------------------------------------------
@@ -268,29 +251,17 @@ def _threshold_line(graph: gs.Graph, bin_width: float) -> str:
 
 @dataclass
 class JointOutcome:
-    source: Path
-    destination: Path
     result: JointResult
-    fidelity: verify.Fidelity
-    before: api.Measurement
-    after: api.Measurement
-    inputs: api.Inputs
-    seconds: float
+    cost: api.Cost
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "command": "joint",
-            "input": str(self.source),
-            "output": str(self.destination),
-            "inputs": self.inputs.source,
+            **self.cost.to_dict(),
             "steps": self.result.steps,
             "bypassed": [block.name for block in self.result.removed_blocks],
             "channels_removed": {str(g): len(c) for g, c in self.result.removed_channels.items()},
             "passes": [report.to_dict() for report in self.result.reports],
-            "fidelity": self.fidelity.to_dict(),
-            "before": self.before.to_dict(),
-            "after": self.after.to_dict(),
-            "seconds": self.seconds,
         }
 
 
@@ -311,9 +282,5 @@ def joint_prune_file(
     original = model_io.load(source)
     inputs = api.Inputs.for_model(original, input_shapes, as_source(data_source))
     result = joint_prune_model(original, layers, bin_width, min_channels, input_shapes)
-    model_io.check(result.model, destination)
-    fidelity = verify.fidelity(original, result.model, inputs.feeds)
-    seconds = time.perf_counter() - start
-    written = model_io.save(result.model, destination)
-    before, after = api._measure_pair(original, result.model, inputs, source, written, runs, threads)
-    return JointOutcome(Path(source), written, result, fidelity, before, after, inputs, seconds)
+    cost = api.finish_lossy(source, destination, original, result.model, inputs, start, runs, threads)
+    return JointOutcome(result, cost)

@@ -7,7 +7,7 @@ import argparse
 from onnxprune import api, block_importance, data, report
 from onnxprune import layer_pruning as layers
 from onnxprune import model as model_io
-from onnxprune.cli.options import common_options, data_source, emit, names
+from onnxprune.cli.options import common_options, cost_lines, data_source, emit, names
 
 
 def register(commands) -> None:
@@ -114,7 +114,7 @@ def _bypass_text(outcome: layers.BypassOutcome) -> str:
     how = "" if outcome.selection.names is not None else f" by {outcome.score} score"
     lines = [f"bypassed {len(removed)} of {len(outcome.result.blocks)} units{how}: "
              + (", ".join(block.name for block in removed) or "none")]
-    return "\n".join([*lines, "", *_measured(outcome)])
+    return "\n".join([*lines, "", *cost_lines(outcome.cost)])
 
 
 def _joint(args: argparse.Namespace) -> int:
@@ -129,17 +129,4 @@ def _joint(args: argparse.Namespace) -> int:
 
 def _joint_text(outcome: layers.JointOutcome) -> str:
     steps = [f"{index}. {step}" for index, step in enumerate(outcome.result.steps, 1)]
-    return "\n".join([*steps, "", *_measured(outcome)])
-
-
-def _measured(outcome) -> list[str]:
-    before = report.summary_metrics(outcome.before.stats, outcome.before.median_ms)
-    after = report.summary_metrics(outcome.after.stats, outcome.after.median_ms)
-    fidelity = outcome.fidelity
-    agreement = "-" if fidelity.top1_agreement is None else f"{100 * fidelity.top1_agreement:.1f} %"
-    return [
-        report.before_after(before, after),
-        "",
-        f"fidelity on {outcome.inputs.source}: cosine {fidelity.cosine:.4f}, top-1 agreement {agreement}",
-        f"wrote {outcome.destination}",
-    ]
+    return "\n".join([*steps, "", *cost_lines(outcome.cost)])

@@ -61,3 +61,18 @@ def data_source(args: argparse.Namespace) -> DataSource | None:
     if not getattr(args, "data", None):
         return None
     return DataSource(args.data, getattr(args, "mean", None), getattr(args, "std", None))
+
+
+def cost_lines(cost) -> list[str]:
+    """The before/after table, the fidelity and the written path of a lossy command (an api.Cost)."""
+    before = report.summary_metrics(cost.before.stats, cost.before.median_ms)
+    after = report.summary_metrics(cost.after.stats, cost.after.median_ms)
+    fidelity = cost.fidelity
+    agreement = "-" if fidelity.top1_agreement is None else f"{100 * fidelity.top1_agreement:.1f} %"
+    hint = " (random inputs: pass --data with real samples for a meaningful fidelity)" if cost.inputs.random else ""
+    return [
+        report.before_after(before, after),
+        "",
+        f"fidelity on {cost.inputs.source}: cosine {fidelity.cosine:.4f}, top-1 agreement {agreement}{hint}",
+        f"wrote {cost.destination}",
+    ]

@@ -6,7 +6,7 @@ import argparse
 
 from onnxprune import api, channels, data, importance, policy, report
 from onnxprune import model as model_io
-from onnxprune.cli.options import common_options, data_source, emit, names
+from onnxprune.cli.options import common_options, cost_lines, data_source, emit, names
 
 
 def register(commands) -> None:
@@ -70,28 +70,23 @@ def _criterion_options(args: argparse.Namespace) -> dict:
 
 
 def _prune_text(outcome: api.PruneOutcome) -> str:
-    before = report.summary_metrics(outcome.before.stats, outcome.before.median_ms)
-    after = report.summary_metrics(outcome.after.stats, outcome.after.median_ms)
     removed = sum(outcome.removed.values())
     total = sum(outcome.group_sizes[g] for g in outcome.removed) if outcome.removed else 0
-    fidelity = outcome.fidelity
-    agreement = "-" if fidelity.top1_agreement is None else f"{100 * fidelity.top1_agreement:.1f} %"
+    *measured, wrote = cost_lines(outcome.cost)
     return "\n".join([
         f"criterion {outcome.criterion}: removed {removed} channels in {len(outcome.removed)} groups "
-        f"({removed}/{total} of their channels) in {outcome.seconds:.2f} s",
+        f"({removed}/{total} of their channels) in {outcome.cost.seconds:.2f} s",
         "",
-        report.before_after(before, after),
-        "",
-        f"fidelity on {outcome.inputs.source}: cosine {fidelity.cosine:.4f}, top-1 agreement {agreement}",
+        *measured,
         *_fusion_line(outcome),
-        f"wrote {outcome.destination}",
+        wrote,
     ])
 
 
 def _fusion_line(outcome: api.PruneOutcome) -> list[str]:
     if outcome.unfused is None:
         return []
-    before, after = outcome.unfused.cosine, outcome.fidelity.cosine
+    before, after = outcome.unfused.cosine, outcome.cost.fidelity.cosine
     return [f"information fusion: cosine {before:.4f} without -> {after:.4f} with ({after - before:+.4f})"]
 
 
