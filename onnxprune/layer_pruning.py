@@ -209,10 +209,14 @@ def joint_prune_model(
     bin_width: float = 0.01,
     min_channels: int = 1,
     input_shapes: Shapes = None,
+    criterion: str = "bn",
+    config: policy.PolicyConfig | None = None,
+    criterion_options: Mapping[str, Any] | None = None,
 ) -> JointResult:
     """Seed 001 on a sparsely trained model: thresholds, rank units, bypass ``layers``, prune channels.
 
-    Each step adds one line to ``steps``. The caller's model is not modified.
+    The channels go by seed 001's adaptive γ threshold unless another ``criterion``/``config`` is
+    given. Each step adds one line to ``steps``. The caller's model is not modified.
     """
     graph, found, reports = detect(model, input_shapes)
     steps = [_threshold_line(graph, bin_width)]
@@ -227,12 +231,15 @@ def joint_prune_model(
     saved = sum(block.macs for block in chosen)
     steps.append(f"bypassed {len(chosen)} units ({', '.join(b.name for b in chosen) or 'none'}): "
                  f"-{100 * saved / macs if macs else 0:.1f} % of the FLOPs")
-    config = policy.PolicyConfig(threshold=policy.ADAPTIVE, bin_width=bin_width, min_channels=min_channels)
+    config = config or policy.PolicyConfig(threshold=policy.ADAPTIVE, bin_width=bin_width, min_channels=min_channels)
     bypassed = model_io.to_model(graph, model)
-    pruned, remove, channel_graph, pruning = api.prune_model(bypassed, "bn", config, input_shapes=input_shapes)
+    pruned, remove, channel_graph, pruning = api.prune_model(
+        bypassed, criterion, config, input_shapes=input_shapes, criterion_options=criterion_options
+    )
     reports.extend(pruning)
     channels = sum(len(c) for c in remove.values())
-    steps.append(f"removed {channels} channels with γ < δ in {len(remove)} of {len(channel_graph.prunable)} "
+    how = "with γ < δ" if config.threshold else f"by {criterion}"
+    steps.append(f"removed {channels} channels {how} in {len(remove)} of {len(channel_graph.prunable)} "
                  "prunable groups, then folded BN")
     steps.append("fine-tuning: not run here; recover accuracy with `onnxprune finetune`")
     return JointResult(pruned, chosen, remove, steps, reports)
@@ -275,12 +282,16 @@ def joint_prune_file(
     input_shapes: Shapes = None,
     runs: int = 20,
     threads: int = 1,
+    criterion: str = "bn",
+    config: policy.PolicyConfig | None = None,
+    criterion_options: Mapping[str, Any] | None = None,
 ) -> JointOutcome:
     """Seed 001's joint pipeline from file to file, measured like ``prune``."""
     start = time.perf_counter()
     model_io.ensure_distinct(source, destination)
     original = model_io.load(source)
     inputs = api.Inputs.for_model(original, input_shapes, as_source(data_source))
-    result = joint_prune_model(original, layers, bin_width, min_channels, input_shapes)
+    result = joint_prune_model(original, layers, bin_width, min_channels, input_shapes, criterion, config,
+                               criterion_options)
     cost = api.finish_lossy(source, destination, original, result.model, inputs, start, runs, threads)
     return JointOutcome(result, cost)

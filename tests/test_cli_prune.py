@@ -94,3 +94,15 @@ def test_groups_lists_prunable_and_blocked(model_path, capsys, tmp_path):
     assert "7 prunable groups" in text and "graph output 'logits'" in text
     groups = json.loads(report.read_text())["groups"]
     assert sum(group["prunable_channels"] for group in groups) == 256
+
+
+def test_layers_bypasses_units_before_channel_pruning(model_path, tmp_path, capsys):
+    out, report = tmp_path / "pruned.onnx", tmp_path / "r.json"
+    args = ["prune", str(model_path), str(out), "--layers", "1", "--threshold", "adaptive", "--criterion", "bn",
+            "--runs", "0", "--report", str(report)]
+    assert main(args) == 0
+    adds = [node for node in onnx.load(out).graph.node if node.op_type == "Add"]
+    assert len(adds) == 3  # resnet_basic has 4 residual units; one was bypassed
+    payload = json.loads(report.read_text())
+    assert payload["command"] == "joint" and len(payload["bypassed"]) == 1
+    assert "bypassed 1 units" in capsys.readouterr().out

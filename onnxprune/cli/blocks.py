@@ -123,10 +123,10 @@ def _joint(args: argparse.Namespace) -> int:
         data_source=data_source(args), input_shapes=data.parse_input_shapes(args.input_shape), runs=args.runs,
         threads=args.threads,
     )
-    emit(args, outcome.to_dict(), lambda: _joint_text(outcome))
+    emit(args, outcome.to_dict(), lambda: joint_text(outcome))
     return 0
 
 
-def _joint_text(outcome: layers.JointOutcome) -> str:
+def joint_text(outcome: layers.JointOutcome) -> str:
     steps = [f"{index}. {step}" for index, step in enumerate(outcome.result.steps, 1)]
     return "\n".join([*steps, "", *cost_lines(outcome.cost)])

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune import api, channels, data, importance, policy, report
+from onnxprune import api, channels, data, importance, layer_pruning, policy, report
 from onnxprune import model as model_io
+from onnxprune.cli.blocks import joint_text
 from onnxprune.cli.options import common_options, cost_lines, data_source, emit, names
+from onnxprune.errors import InputError
 
 
 def register(commands) -> None:
@@ -31,6 +33,9 @@ def _add_prune(commands) -> None:
     parser.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of N")
     parser.add_argument("--exclude", type=names, default=[], help="comma-separated regexes of layers to keep whole")
     parser.add_argument("--fuse", action="store_true", help="fuse removed channels into similar kept ones (seed 003)")
+    parser.add_argument("--layers", type=int, default=0,
+                        help="seed 001: first bypass the N least important residual units (BN sparsity), "
+                             "then prune channels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     parser.add_argument("--runs", type=int, default=20, help="latency runs per model (0: no timing)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for timing")
@@ -52,12 +57,26 @@ def _prune(args: argparse.Namespace) -> int:
         params_target=args.params_target, threshold=args.threshold, min_channels=args.min_channels,
         round_to=args.round_to, exclude=args.exclude,
     )
+    if args.layers:
+        return _prune_layers_too(args, config)
     outcome = api.prune_file(
         args.input, args.output, criterion=args.criterion, config=config, fuse=args.fuse,
         input_shapes=data.parse_input_shapes(args.input_shape), data_source=data_source(args), runs=args.runs,
         threads=args.threads, criterion_options=_criterion_options(args),
     )
     emit(args, outcome.to_dict(), lambda: _prune_text(outcome))
+    return 0
+
+
+def _prune_layers_too(args: argparse.Namespace, config: policy.PolicyConfig) -> int:
+    if args.fuse:
+        raise InputError("--fuse is not available with --layers")
+    outcome = layer_pruning.joint_prune_file(
+        args.input, args.output, layers=args.layers, min_channels=args.min_channels, data_source=data_source(args),
+        input_shapes=data.parse_input_shapes(args.input_shape), runs=args.runs, threads=args.threads,
+        criterion=args.criterion, config=config, criterion_options=_criterion_options(args),
+    )
+    emit(args, outcome.to_dict(), lambda: joint_text(outcome))
     return 0
 
 
