@@ -12,6 +12,8 @@ import logging
 import sys
 from collections.abc import Sequence
 
+import onnxruntime
+
 from onnxprune import __version__
 from onnxprune.cli import blocks, exact, prune, train
 from onnxprune.errors import OnnxPruneError
@@ -28,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not (args.debug or args.verbose):
+        onnxruntime.set_default_logger_severity(3)  # its own optimizer's notes are not the user's problem
     try:
         return args.handler(args)
     except OnnxPruneError as error:
