@@ -217,7 +217,7 @@ def finish_lossy(
     return Cost(Path(source), written, fidelity, before, after, inputs, seconds)
 
 
-PRE_PRUNE_PASSES = ("fold_constants", "eliminate", "merge_slices", "fuse_pad")
+PRE_PRUNE_PASSES = ("fold_constants", "canonicalize_reshape", "eliminate", "merge_slices", "fuse_pad")
 """Exact clean-ups run before pruning; BN folding waits until after, so a BN criterion can read γ."""
 
 

@@ -21,6 +21,7 @@ from onnxprune.model import to_graph, to_model
 from onnxprune.passes import (
     cancel_reshapes,
     cancel_transposes,
+    canonicalize_reshape,
     eliminate,
     fold_batchnorm,
     fold_constants,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 EXACT_PASSES: tuple[ModuleType, ...] = (
     fold_constants,
+    canonicalize_reshape,
     eliminate,
     merge_slices,
     fuse_pad,
@@ -49,7 +51,6 @@ EXACT_PASSES: tuple[ModuleType, ...] = (
     merge_affine,
     merge_branches,
     merge_linear,
-    merge_slices,
 )
 REGISTRY: dict[str, Callable[..., PassReport]] = {module.NAME: module.run for module in EXACT_PASSES}
 
