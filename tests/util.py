@@ -81,3 +81,13 @@ def assert_unchanged(model: onnx.ModelProto, reason: str | None, pass_name: str)
     else:
         assert any(reason in line for line in report.skipped), report.skipped
     return result
+
+
+def assert_rewritten(model: onnx.ModelProto, pass_name: str, rewrites: int = 1, ops: dict | None = None) -> onnx.ModelProto:
+    """The pass made ``rewrites`` rewrites, left exactly ``ops`` (when given), and kept the outputs."""
+    result, report = run_pass(model, pass_name)
+    assert len(report.rewrites) == rewrites, report.skipped
+    if ops is not None:
+        assert op_counts(result) == ops
+    assert_equivalent(model, result)
+    return result

@@ -8,7 +8,14 @@ import numpy as np
 import pytest
 from onnx import helper
 
-from tests.util import assert_equivalent, assert_unchanged, make_model, op_counts, run_pass, tensor
+from tests.util import (
+    assert_equivalent,
+    assert_unchanged,
+    make_model,
+    op_counts,
+    run_pass,
+    tensor,
+)
 
 NAME = "canonicalize_reshape"
 assert_kept = partial(assert_unchanged, pass_name=NAME)

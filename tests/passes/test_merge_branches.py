@@ -14,6 +14,7 @@ from onnx import helper
 
 from tests.util import (
     assert_equivalent,
+    assert_rewritten,
     assert_unchanged,
     make_model,
     op_counts,
@@ -67,12 +68,7 @@ def summed(branches, inits, channels=4, size=6, opset=13, extra=(), outputs=("y"
     return make_model(nodes, inputs, [tensor(name, [None] * 4) for name in outputs], inits, opset)
 
 
-def merged(model, rewrites=1, ops=None):
-    result, report = run_pass(model, NAME)
-    assert len(report.rewrites) == rewrites, report.skipped
-    assert op_counts(result) == (ops or {"Conv": 1})
-    assert_equivalent(model, result)
-    return result
+merged = partial(assert_rewritten, pass_name=NAME, ops={"Conv": 1})
 
 
 assert_kept = partial(assert_unchanged, pass_name=NAME)

@@ -10,6 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from tests.util import (
     assert_equivalent,
+    assert_rewritten,
     assert_unchanged,
     make_model,
     op_counts,
@@ -42,12 +43,7 @@ def conv_chain(first, second, c_in=8, shape=(9, 9), between=None, outputs=("z",)
     return make_model(nodes, [tensor("x", [1, c_in, *shape])], [tensor(name, [None] * 4) for name in outputs], inits)
 
 
-def merged(model, rewrites=1, ops=None):
-    result, report = run_pass(model, NAME)
-    assert len(report.rewrites) == rewrites, report.skipped
-    assert op_counts(result) == (ops or {"Conv": 1})
-    assert_equivalent(model, result)
-    return result
+merged = partial(assert_rewritten, pass_name=NAME, ops={"Conv": 1})
 
 
 assert_kept = partial(assert_unchanged, pass_name=NAME)
