@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 
 from models.architectures import export  # noqa: E402
 from models.reference import PREPROCESSING, VGG16BN  # noqa: E402
-from onnxprune import model as model_io  # noqa: E402
+from onnxprune.core import model as model_io  # noqa: E402
 from onnxprune.retrain.evaluate import evaluate, load_labelled  # noqa: E402
 from onnxprune.retrain.train import TrainConfig, finetune, is_main_process  # noqa: E402
 

@@ -8,7 +8,7 @@ import onnx
 import pytest
 
 from models.architectures import ARCHITECTURES, export_onnx
-from onnxprune.pipeline import optimize
+from onnxprune.passes.pipeline import optimize
 from tests.util import assert_equivalent, op_counts
 
 LINEAR = {"Conv", "ConvTranspose", "Gemm"}

@@ -9,9 +9,9 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from onnxprune.model import to_graph, to_model
+from onnxprune.core.model import to_graph, to_model
 from onnxprune.passes.base import PassReport
-from onnxprune.pipeline import REGISTRY, prepare
+from onnxprune.passes.pipeline import REGISTRY, prepare
 
 
 def make_model(nodes, inputs, outputs, initializers=(), opset: int = 13) -> onnx.ModelProto:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import constant_value
+from onnxprune.core.graph import constant_value
 
 Dim = tuple[str, int]
 

@@ -16,7 +16,7 @@ import onnxruntime
 
 from onnxprune import __version__
 from onnxprune.cli import blocks, exact, prune, train
-from onnxprune.errors import OnnxPruneError
+from onnxprune.core.errors import OnnxPruneError
 
 log = logging.getLogger("onnxprune")
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune import api, data, latency, report, stats
-from onnxprune import model as model_io
+from onnxprune import api
+from onnxprune.core import data
+from onnxprune.measure import latency, stats
+from onnxprune.cli import report
+from onnxprune.core import model as model_io
 from onnxprune.cli.options import (
     common_options,
     data_source,
@@ -13,7 +16,7 @@ from onnxprune.cli.options import (
     names,
     tolerance_options,
 )
-from onnxprune.pipeline import REGISTRY
+from onnxprune.passes.pipeline import REGISTRY
 
 
 def register(commands) -> None:

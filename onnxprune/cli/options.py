@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from onnxprune import report
-from onnxprune.data import DataSource
+from onnxprune.cli import report
+from onnxprune.core.data import DataSource
 
 
 def common_options(parser: argparse.ArgumentParser, data_option: bool = True) -> None:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 
-from onnxprune import api, channels, data, importance, layer_pruning, policy, report
-from onnxprune import model as model_io
+from onnxprune import api, channels
+from onnxprune.core import data
+from onnxprune.channels import importance, policy
+from onnxprune.api import layers as layer_pruning
+from onnxprune.cli import report
+from onnxprune.core import model as model_io
 from onnxprune.cli.blocks import joint_text
 from onnxprune.cli.options import common_options, cost_lines, data_source, emit, names
-from onnxprune.errors import InputError
+from onnxprune.core.errors import InputError
 
 
 def register(commands) -> None:

@@ -14,10 +14,10 @@ from types import ModuleType
 
 import numpy as np
 
-from onnxprune import data
-from onnxprune import model as model_io
+from onnxprune.core import data
+from onnxprune.core import model as model_io
 from onnxprune.cli.options import common_options, emit, names, normalisation_options
-from onnxprune.errors import InputError
+from onnxprune.core.errors import InputError
 from onnxprune.retrain import evaluate as scoring
 
 SPARSE_THRESHOLD = 0.01  # |γ| below this counts as (nearly) zero in the summaries

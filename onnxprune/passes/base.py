@@ -16,7 +16,7 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import NotCandidate, Skip
+from onnxprune.core.graph import NotCandidate, Skip
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import Skip
+from onnxprune.core.graph import Skip
 from onnxprune.passes.base import PassReport, rewrite_nodes
 from onnxprune.passes.region import Region, bypass, check_reshape_broadcast, walk
 

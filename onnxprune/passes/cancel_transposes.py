@@ -37,7 +37,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import Skip, constant_value, new_constant, rank
+from onnxprune.core.graph import Skip, constant_value, new_constant, rank
 from onnxprune.passes.base import PassReport, rewrite_nodes
 from onnxprune.passes.region import Region, bypass, walk
 

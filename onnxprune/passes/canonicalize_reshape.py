@@ -28,7 +28,7 @@ import logging
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import (
+from onnxprune.core.graph import (
     NotCandidate,
     Skip,
     constant_value,

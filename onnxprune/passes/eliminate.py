@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import (
+from onnxprune.core.graph import (
     NotCandidate,
     Skip,
     constant_value,

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import Skip, consumers, is_private, producer, rank, remove_node
-from onnxprune.linear import LINEAR_OPS, LinearOp, as_linear, batchnorm_affine
+from onnxprune.core.graph import Skip, consumers, is_private, producer, rank, remove_node
+from onnxprune.core.linear import LINEAR_OPS, LinearOp, as_linear, batchnorm_affine
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
 log = logging.getLogger(__name__)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import (
+from onnxprune.core.graph import (
     NotCandidate,
     Skip,
     constant_value,

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import (
+from onnxprune.core.graph import (
     NotCandidate,
     Skip,
     constant_value,
@@ -45,7 +45,7 @@ from onnxprune.graph import (
     producer,
     remove_node,
 )
-from onnxprune.linear import LINEAR_OPS, LinearOp, as_linear
+from onnxprune.core.linear import LINEAR_OPS, LinearOp, as_linear
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
 log = logging.getLogger(__name__)

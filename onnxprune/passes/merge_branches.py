@@ -29,8 +29,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import NotCandidate, Skip, is_private, producer
-from onnxprune.linear import LinearOp, as_linear, batchnorm_affine
+from onnxprune.core.graph import NotCandidate, Skip, is_private, producer
+from onnxprune.core.linear import LinearOp, as_linear, batchnorm_affine
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
 log = logging.getLogger(__name__)

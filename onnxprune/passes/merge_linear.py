@@ -28,8 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import NotCandidate, Skip, is_private, producer, rank
-from onnxprune.linear import LINEAR_OPS, LinearOp, as_linear
+from onnxprune.core.graph import NotCandidate, Skip, is_private, producer, rank
+from onnxprune.core.linear import LINEAR_OPS, LinearOp, as_linear
 from onnxprune.passes.base import PassReport, rewrite_nodes
 
 log = logging.getLogger(__name__)

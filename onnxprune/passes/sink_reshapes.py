@@ -30,7 +30,7 @@ import logging
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.graph import (
+from onnxprune.core.graph import (
     NotCandidate,
     Skip,
     constant_value,

@@ -20,8 +20,9 @@ import numpy as np
 import onnx
 from tqdm import tqdm
 
-from onnxprune import data, verify
-from onnxprune.errors import InputError
+from onnxprune.core import data
+from onnxprune.measure import verify
+from onnxprune.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ import torch.nn.functional as F
 from onnx import helper, numpy_helper
 from torch import Tensor, nn
 
-from onnxprune.errors import UnsupportedModelError
-from onnxprune.model import opset as model_opset
+from onnxprune.core.errors import UnsupportedModelError
+from onnxprune.core.model import opset as model_opset
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from onnxprune.errors import InputError
+from onnxprune.core.errors import InputError
 from onnxprune.retrain.evaluate import LabelledData
 from onnxprune.retrain.executor import Node, OnnxModule
 from onnxprune.retrain.train import resolve_device

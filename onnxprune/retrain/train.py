@@ -38,7 +38,7 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from onnxprune.errors import InputError
+from onnxprune.core.errors import InputError
 from onnxprune.retrain.evaluate import LabelledData, check_label_range
 from onnxprune.retrain.executor import OnnxModule
 from onnxprune.retrain.writeback import write_back

@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from onnxprune.errors import InputError
+from onnxprune.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -17,10 +17,10 @@ from onnx import helper
 from models.architectures import ARCHITECTURES, export_onnx
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup, analyse
 from onnxprune.channels.relations import ROLE_IN, ROLE_OUT, ROLE_PARAM, ROLE_SCALE
-from onnxprune.graph import constant_value
-from onnxprune.model import to_graph, to_model
-from onnxprune.passes import prune_channels
-from onnxprune.pipeline import optimize, prepare
+from onnxprune.core.graph import constant_value
+from onnxprune.core.model import to_graph, to_model
+from onnxprune.channels import surgery as prune_channels
+from onnxprune.passes.pipeline import optimize, prepare
 from tests.util import assert_equivalent, make_model, tensor
 
 RNG = np.random.default_rng(0)

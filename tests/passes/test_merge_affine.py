@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from onnxprune.pipeline import optimize
+from onnxprune.passes.pipeline import optimize
 from tests.util import (
     assert_equivalent,
     assert_unchanged,

@@ -13,7 +13,7 @@ import torch
 from onnx import TensorProto, helper
 
 from models.architectures import ARCHITECTURES, export_onnx
-from onnxprune.errors import UnsupportedModelError
+from onnxprune.core.errors import UnsupportedModelError
 from onnxprune.retrain.executor import OnnxModule
 from tests.util import make_model, outputs, random_inputs, tensor
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from onnx import helper, numpy_helper
 
-from onnxprune.errors import InputError
+from onnxprune.core.errors import InputError
 from onnxprune.retrain.gradients import channel_scores, gradient_scores, taylor_scores
 from tests.retrain import conv_net, stripes_data
 from tests.util import make_model, tensor

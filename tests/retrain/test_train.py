@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from onnxprune.errors import InputError
+from onnxprune.core.errors import InputError
 from onnxprune.retrain.executor import OnnxModule
 from onnxprune.retrain.train import (
     Sparsity,

@@ -17,7 +17,7 @@ from onnxprune.channels.handlers.util import (
     _static,
 )
 from onnxprune.channels.relations import Relations
-from onnxprune.graph import constant_value, set_constant
+from onnxprune.core.graph import constant_value, set_constant
 
 
 @register("Resize", "Upsample")

@@ -11,7 +11,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.channels.handlers import Handler, register
 from onnxprune.channels.relations import ROLE_PARAM, Relations
-from onnxprune.graph import constant_value
+from onnxprune.core.graph import constant_value
 
 UNARY = (
     "Relu", "LeakyRelu", "PRelu", "Elu", "Selu", "Celu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh",

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.channels.handlers import Handler, Removed, register
 from onnxprune.channels.relations import ROLE_IN, ROLE_OUT, Relations
-from onnxprune.graph import constant_value
+from onnxprune.core.graph import constant_value
 
 
 def _has(node: gs.Node, index: int) -> bool:

@@ -10,7 +10,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.channels.handlers import Handler, register
 from onnxprune.channels.relations import Relations
-from onnxprune.graph import constant_value
+from onnxprune.core.graph import constant_value
 
 POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 REDUCTIONS = ("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd", "ReduceL1", "ReduceL2",

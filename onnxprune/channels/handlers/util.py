@@ -7,7 +7,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune.channels.handlers import Removed
 from onnxprune.channels.relations import Relations
-from onnxprune.graph import constant_value, set_constant
+from onnxprune.core.graph import constant_value, set_constant
 
 INT64_MIN = int(np.iinfo(np.int64).min)
 

@@ -1,0 +1,1 @@
+"""Load and save models, graph helpers, the weight-layout view, input data and errors."""

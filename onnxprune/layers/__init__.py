@@ -1,0 +1,1 @@
+"""Layer pruning: find residual units, score them, choose which go, bypass them."""

@@ -1,0 +1,1 @@
+"""Verification, latency and counting: what a rewrite did to a model, measured with onnxruntime."""

@@ -1,0 +1,1 @@
+"""Accuracy recovery after pruning: information fusion into kept channels."""

@@ -1,0 +1,108 @@
+"""The prune and groups commands: what they write, print and refuse."""
+
+from __future__ import annotations
+
+import functools
+import json
+
+import onnx
+import pytest
+
+from models.architectures import export_onnx
+from onnxprune.cli import main
+from onnxprune.measure.stats import model_stats
+
+
+@functools.lru_cache(maxsize=None)
+def _resnet() -> onnx.ModelProto:
+    return export_onnx("resnet_basic")
+
+
+@pytest.fixture()
+def model_path(tmp_path):
+    path = tmp_path / "resnet.onnx"
+    onnx.save(_resnet(), path)
+    return path
+
+
+def test_prune_ratio_writes_smaller_model_and_report(model_path, tmp_path, capsys):
+    out, report = tmp_path / "pruned.onnx", tmp_path / "r.json"
+    assert main(["prune", str(model_path), str(out), "--ratio", "0.5", "--runs", "3", "--report", str(report)]) == 0
+    before, after = model_stats(onnx.load(model_path)), model_stats(onnx.load(out))
+    assert after.params < 0.4 * before.params
+    assert after.flops < 0.4 * before.flops
+    assert "BatchNormalization" not in after.op_histogram
+    payload = json.loads(report.read_text())
+    assert sum(group["removed"] for group in payload["groups"]) == 128
+    assert 0 <= payload["fidelity"]["top1_agreement"] <= 1
+    text = capsys.readouterr().out
+    assert "removed 128 channels in 7 groups" in text and "cosine" in text
+
+
+@pytest.mark.parametrize("criterion", ["l2", "bn", "entropy", "random"])
+def test_every_criterion_prunes(model_path, tmp_path, criterion):
+    out = tmp_path / "pruned.onnx"
+    assert main(["prune", str(model_path), str(out), "--criterion", criterion, "--ratio", "0.25", "--runs", "0", "-q"]) == 0
+    assert model_stats(onnx.load(out)).params < model_stats(onnx.load(model_path)).params
+
+
+def test_flops_target_is_met(model_path, tmp_path):
+    out = tmp_path / "pruned.onnx"
+    assert main(["prune", str(model_path), str(out), "--flops-target", "0.5", "--global", "--runs", "0", "-q"]) == 0
+    ratio = model_stats(onnx.load(out)).flops / model_stats(onnx.load(model_path)).flops
+    assert 0.4 < ratio <= 0.5
+
+
+def test_round_to_keeps_multiples_and_exclude_keeps_layers(model_path, tmp_path):
+    out, report = tmp_path / "pruned.onnx", tmp_path / "r.json"
+    args = ["prune", str(model_path), str(out), "--ratio", "0.3", "--round-to", "8", "--exclude", "/1/",
+            "--fuse", "--runs", "0", "-q", "--report", str(report)]
+    assert main(args) == 0
+    for group in json.loads(report.read_text())["groups"]:
+        assert (group["channels"] - group["removed"]) % 8 == 0
+    weights = {init.name: init for init in onnx.load(out).graph.initializer}
+    assert all(dim % 8 == 0 for init in weights.values() if len(init.dims) == 4 for dim in init.dims[:1])
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--ratio", "1.5"], "ratio"),
+        (["--flops-target", "0.0001", "--global"], "unreachable"),
+        (["--min-channels", "-1", "--ratio", "0.5"], "--min-channels -1 must be at least 0"),
+    ],
+)
+def test_impossible_requests_exit_2(model_path, tmp_path, capsys, extra, message):
+    out = tmp_path / "pruned.onnx"
+    assert main(["prune", str(model_path), str(out), "--runs", "0", *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("onnxprune: error:") and message in err and err.count("\n") == 1
+    assert not out.exists()
+
+
+def test_unknown_criterion_is_a_usage_error(model_path, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["prune", str(model_path), str(tmp_path / "o.onnx"), "--criterion", "nope"])
+    assert exit_info.value.code == 2
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
+
+
+def test_groups_lists_prunable_and_blocked(model_path, capsys, tmp_path):
+    report = tmp_path / "g.json"
+    assert main(["groups", str(model_path), "--report", str(report)]) == 0
+    text = capsys.readouterr().out
+    assert "7 prunable groups" in text and "graph output 'logits'" in text
+    groups = json.loads(report.read_text())["groups"]
+    assert sum(group["prunable_channels"] for group in groups) == 256
+
+
+def test_layers_bypasses_units_before_channel_pruning(model_path, tmp_path, capsys):
+    out, report = tmp_path / "pruned.onnx", tmp_path / "r.json"
+    args = ["prune", str(model_path), str(out), "--layers", "1", "--threshold", "adaptive", "--criterion", "bn",
+            "--runs", "0", "--report", str(report)]
+    assert main(args) == 0
+    adds = [node for node in onnx.load(out).graph.node if node.op_type == "Add"]
+    assert len(adds) == 3  # resnet_basic has 4 residual units; one was bypassed
+    payload = json.loads(report.read_text())
+    assert payload["command"] == "joint" and len(payload["bypassed"]) == 1
+    assert "bypassed 1 units" in capsys.readouterr().out

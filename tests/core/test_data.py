@@ -1,0 +1,187 @@
+"""Input specs, shape resolution, random feeds and user data loading."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper
+
+from onnxprune.core.data import (
+    InputSpec,
+    input_specs,
+    load_feeds,
+    parse_input_shapes,
+    random_feeds,
+    resolve_input_shapes,
+)
+from onnxprune.core.errors import InputError
+
+
+def identity_model(inputs: dict[str, tuple[int, list | None]]) -> onnx.ModelProto:
+    """One Identity per input, so any input signature can be described."""
+    values = [helper.make_tensor_value_info(n, t, s) for n, (t, s) in inputs.items()]
+    outputs = [helper.make_tensor_value_info(f"{n}_out", t, None) for n, (t, _) in inputs.items()]
+    nodes = [helper.make_node("Identity", [n], [f"{n}_out"]) for n in inputs]
+    graph = helper.make_graph(nodes, "g", values, outputs)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+
+
+def image_model(shape: list) -> onnx.ModelProto:
+    return identity_model({"x": (TensorProto.FLOAT, shape)})
+
+
+def test_input_specs_dims_and_initializer_inputs():
+    model = identity_model(
+        {"x": (TensorProto.FLOAT, ["N", 3, None, 4]), "w": (TensorProto.FLOAT, [2])}
+    )
+    model.graph.initializer.append(helper.make_tensor("w", TensorProto.FLOAT, [2], [1.0, 2.0]))
+    assert input_specs(model) == [InputSpec("x", np.dtype(np.float32), ("N", 3, None, 4))]
+
+
+def test_input_specs_no_shape():
+    spec = input_specs(identity_model({"ids": (TensorProto.INT64, None)}))[0]
+    assert spec.shape is None and spec.dtype == np.int64
+
+
+def test_parse_input_shapes_splits_on_last_colon():
+    assert parse_input_shapes(["a:b:1,3,8,8", "y:2"]) == {"a:b": (1, 3, 8, 8), "y": (2,)}
+
+
+@pytest.mark.parametrize("bad", ["x", "x:", ":1,2", "x:1,a", "x:1,,2", "x:0,3", "x:-1"])
+def test_parse_input_shapes_rejects_malformed(bad):
+    with pytest.raises(InputError, match="NAME:D1,D2"):
+        parse_input_shapes([bad])
+
+
+def test_parse_input_shapes_rejects_duplicates():
+    with pytest.raises(InputError, match="twice"):
+        parse_input_shapes(["x:1", "x:2"])
+
+
+def test_resolve_defaults_dynamic_batch_to_one(caplog):
+    with caplog.at_level(logging.INFO, logger="onnxprune.core.data"):
+        assert resolve_input_shapes(image_model(["N", 3, 8, 8])) == {"x": (1, 3, 8, 8)}
+    assert "batch" in caplog.text
+
+
+def test_resolve_raises_on_dynamic_spatial_dims():
+    with pytest.raises(InputError, match=r"'x' has shape \[N, 3, H, \?\].*--input-shape x:1,3,"):
+        resolve_input_shapes(image_model(["N", 3, "H", None]))
+
+
+def test_resolve_override_wins_and_fixes_dynamic_dims():
+    model = image_model(["N", 3, "H", "W"])
+    assert resolve_input_shapes(model, {"x": (2, 3, 16, 16)}) == {"x": (2, 3, 16, 16)}
+
+
+def test_resolve_rejects_unknown_name_and_wrong_rank():
+    model = image_model([1, 3, 8, 8])
+    with pytest.raises(InputError, match="inputs are: x"):
+        resolve_input_shapes(model, {"y": (1,)})
+    with pytest.raises(InputError, match="rank 2"):
+        resolve_input_shapes(model, {"x": (1, 3)})
+
+
+def test_resolve_input_without_shape_needs_override():
+    model = identity_model({"x": (TensorProto.FLOAT, None)})
+    with pytest.raises(InputError, match="no declared shape"):
+        resolve_input_shapes(model)
+    assert resolve_input_shapes(model, {"x": (4,)}) == {"x": (4,)}
+
+
+def test_random_feeds_dtypes_seed_and_count():
+    model = identity_model({
+        "x": (TensorProto.FLOAT, [2, 3]),
+        "ids": (TensorProto.INT64, [5]),
+        "mask": (TensorProto.BOOL, [4]),
+    })
+    shapes = {"x": (2, 3), "ids": (5,), "mask": (4,)}
+    feeds = random_feeds(model, shapes, seed=3, count=2)
+    assert len(feeds) == 2
+    assert feeds[0]["x"].dtype == np.float32 and feeds[0]["x"].shape == (2, 3)
+    ids = feeds[0]["ids"]
+    assert ids.dtype == np.int64 and ids.min() >= 0 and ids.max() < 10
+    assert feeds[0]["mask"].dtype == np.bool_
+    assert not np.array_equal(feeds[0]["x"], feeds[1]["x"])
+    again = random_feeds(model, shapes, seed=3, count=2)
+    assert all(np.array_equal(again[1][k], feeds[1][k]) for k in shapes)
+
+
+def test_random_feeds_needs_every_shape():
+    with pytest.raises(InputError, match="no shape for input"):
+        random_feeds(image_model([1, 3, 8, 8]), {})
+
+
+def test_load_npz_by_name_casts_and_splits_dynamic_batch(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x=np.ones((70, 3, 4, 4), np.float64), y_test=np.zeros(70))
+    feeds = load_feeds(path, image_model(["N", 3, 4, 4]))
+    assert [f["x"].shape[0] for f in feeds] == [32, 32, 6]
+    assert feeds[0]["x"].dtype == np.float32
+
+
+def test_load_uses_resolved_batch_and_drops_partial_static_batch(tmp_path):
+    path = tmp_path / "d.npy"
+    np.save(path, np.zeros((10, 3, 4, 4), np.float32))
+    assert len(load_feeds(path, image_model(["N", 3, 4, 4]), {"x": (5, 3, 4, 4)})) == 2
+    assert [f["x"].shape[0] for f in load_feeds(path, image_model([4, 3, 4, 4]))] == [4, 4]
+
+
+def test_load_single_input_prefers_x_test(tmp_path):
+    path = tmp_path / "d.npz"
+    np.savez(path, x_test=np.ones((2, 3, 4, 4), np.float32), other=np.zeros((2, 3, 4, 4)))
+    assert load_feeds(path, image_model([1, 3, 4, 4]))[0]["x"].max() == 1.0
+
+
+def test_load_single_sample_gets_batch_axis(tmp_path):
+    path = tmp_path / "d.npy"
+    np.save(path, np.ones((3, 4, 4), np.float32))
+    (feed,) = load_feeds(path, image_model([1, 3, 4, 4]))
+    assert feed["x"].shape == (1, 3, 4, 4)
+
+
+def test_load_uint8_nhwc_is_transposed_and_scaled(tmp_path):
+    images = np.random.default_rng(0).integers(0, 256, (2, 4, 5, 3), dtype=np.uint8)
+    path = tmp_path / "d.npz"
+    np.savez(path, x_test=images)
+    (feed,) = load_feeds(path, image_model(["N", 3, 4, 5]))
+    assert feed["x"].shape == (2, 3, 4, 5) and feed["x"].dtype == np.float32
+    np.testing.assert_allclose(feed["x"], images.transpose(0, 3, 1, 2) / 255.0, rtol=1e-6)
+
+
+def test_load_uint8_grayscale_nhw_gets_channel_axis(tmp_path):
+    path = tmp_path / "d.npy"
+    np.save(path, np.full((3, 4, 4), 255, np.uint8))
+    (feed,) = load_feeds(path, image_model(["N", 1, 4, 4]))
+    assert feed["x"].shape == (3, 1, 4, 4) and feed["x"].max() == 1.0
+
+
+def test_load_errors(tmp_path):
+    model = image_model([1, 3, 4, 4])
+    with pytest.raises(InputError, match="not found"):
+        load_feeds(tmp_path / "missing.npz", model)
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    with pytest.raises(InputError, match="cannot read"):
+        load_feeds(tmp_path / "bad.npz", model)
+    np.savez(tmp_path / "two.npz", a=np.ones((1, 3, 4, 4)), b=np.ones((1, 3, 4, 4)))
+    with pytest.raises(InputError, match="'x_test'"):
+        load_feeds(tmp_path / "two.npz", model)
+    np.save(tmp_path / "shape.npy", np.ones((1, 3, 5, 5), np.float32))
+    with pytest.raises(InputError, match=r"shape \[1, 3, 5, 5\], expected \[1, 3, 4, 4\]"):
+        load_feeds(tmp_path / "shape.npy", model)
+
+
+def test_load_multi_input_needs_named_arrays(tmp_path):
+    model = identity_model({"a": (TensorProto.FLOAT, ["N", 2]), "b": (TensorProto.INT64, ["N"])})
+    np.savez(tmp_path / "ok.npz", a=np.ones((3, 2)), b=np.arange(3))
+    (feed,) = load_feeds(tmp_path / "ok.npz", model)
+    assert feed["b"].dtype == np.int64 and feed["a"].shape == (3, 2)
+    np.savez(tmp_path / "partial.npz", a=np.ones((3, 2)))
+    with pytest.raises(InputError, match="no array for input"):
+        load_feeds(tmp_path / "partial.npz", model)
+    np.save(tmp_path / "one.npy", np.ones((3, 2)))
+    with pytest.raises(InputError, match="use .npz"):
+        load_feeds(tmp_path / "one.npy", model)
