@@ -40,13 +40,13 @@ from models.architectures import (
 )
 from models.reference import preprocess
 from onnxprune import api
-from onnxprune.core import data
 from onnxprune.api import layers as layer_pruning
-from onnxprune.passes import pipeline
 from onnxprune.channels import policy
-from onnxprune.measure import stats, verify
-from onnxprune.layers.units import model_macs
 from onnxprune.cli.report import table
+from onnxprune.core import data
+from onnxprune.layers.units import model_macs
+from onnxprune.measure import stats, verify
+from onnxprune.passes import pipeline
 
 ROOT = Path(__file__).resolve().parents[1]
 MOBILENET_V2 = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2),

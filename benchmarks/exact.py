@@ -35,10 +35,10 @@ import onnxruntime as ort
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.architectures import ARCHITECTURES, export_onnx  # noqa: E402
+from onnxprune.cli.report import table  # noqa: E402
 from onnxprune.core import data  # noqa: E402
 from onnxprune.measure import latency, verify  # noqa: E402
 from onnxprune.passes import pipeline  # noqa: E402
-from onnxprune.cli.report import table  # noqa: E402
 
 MODES = ("off", "on")  # onnxruntime graph optimizations disabled / enabled (ORT_ENABLE_ALL)
 # Identical graphs timed together (fresh sessions and a new order each round, 200 runs) differed by

@@ -50,10 +50,10 @@ sys.path.insert(0, str(ROOT))
 
 # onnxprune.retrain.evaluate needs no torch; train (imported in retrain()) does
 from onnxprune import api
-from onnxprune.core import data
-from onnxprune.measure import latency, stats
 from onnxprune.channels import policy
+from onnxprune.core import data
 from onnxprune.core import model as model_io
+from onnxprune.measure import latency, stats
 from onnxprune.retrain.evaluate import LabelledData, evaluate, load_labelled
 
 MODEL = ROOT / "models" / "lenet5_mnist.onnx"

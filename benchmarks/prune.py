@@ -24,9 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.architectures import ARCHITECTURES, bottleneck, conv_bn, export, export_onnx, pool_head  # noqa: E402
 from onnxprune import api  # noqa: E402
 from onnxprune.channels import policy  # noqa: E402
+from onnxprune.cli.report import table  # noqa: E402
 from onnxprune.core import data  # noqa: E402
 from onnxprune.measure import latency, stats  # noqa: E402
-from onnxprune.cli.report import table  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = {"resnet20_cifar10", "resnet56_cifar10"}

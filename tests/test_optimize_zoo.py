@@ -14,7 +14,7 @@ from tests.util import assert_equivalent, op_counts
 LINEAR = {"Conv", "ConvTranspose", "Gemm"}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def exported(name: str) -> onnx.ModelProto:
     return export_onnx(name, dynamic_batch=True)
 

@@ -19,16 +19,15 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune import channels
+from onnxprune.channels import ChannelGraph, importance, policy
+from onnxprune.channels import surgery as prune_channels
 from onnxprune.core import data
-from onnxprune.channels import importance, policy
-from onnxprune.measure import latency, stats, verify
-from onnxprune.passes import pipeline
 from onnxprune.core import model as model_io
-from onnxprune.channels import ChannelGraph
 from onnxprune.core.errors import VerificationError
 from onnxprune.core.graph import unshare_constants
+from onnxprune.measure import latency, stats, verify
+from onnxprune.passes import pipeline
 from onnxprune.recover import fusion as compensate
-from onnxprune.channels import surgery as prune_channels
 
 log = logging.getLogger(__name__)
 

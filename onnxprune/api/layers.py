@@ -24,13 +24,13 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune import api
-from onnxprune.layers import scores as block_importance
-from onnxprune.core import data
-from onnxprune.passes import pipeline
 from onnxprune.channels import policy
+from onnxprune.core import data
 from onnxprune.core import model as model_io
-from onnxprune.layers.units import Block, find_blocks, model_macs
+from onnxprune.layers import scores as block_importance
 from onnxprune.layers import surgery as bypass_blocks
+from onnxprune.layers.units import Block, find_blocks, model_macs
+from onnxprune.passes import pipeline
 from onnxprune.passes.base import PassReport
 
 log = logging.getLogger(__name__)

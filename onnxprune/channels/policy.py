@@ -38,8 +38,8 @@ import numpy as np
 
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup
 from onnxprune.channels.costs import CostModel
-from onnxprune.core.errors import InputError
 from onnxprune.channels.importance.bn_scale import BNScale
+from onnxprune.core.errors import InputError
 from onnxprune.measure.stats import ModelStats
 
 log = logging.getLogger(__name__)

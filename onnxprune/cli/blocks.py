@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from onnxprune import api
-from onnxprune.layers import scores as block_importance
-from onnxprune.core import data
-from onnxprune.cli import report
 from onnxprune.api import layers
-from onnxprune.core import model as model_io
+from onnxprune.cli import report
 from onnxprune.cli.options import common_options, cost_lines, data_source, emit, names
+from onnxprune.core import data
+from onnxprune.core import model as model_io
+from onnxprune.layers import scores as block_importance
 
 
 def register(commands) -> None:

@@ -5,10 +5,7 @@ from __future__ import annotations
 import argparse
 
 from onnxprune import api
-from onnxprune.core import data
-from onnxprune.measure import latency, stats
 from onnxprune.cli import report
-from onnxprune.core import model as model_io
 from onnxprune.cli.options import (
     common_options,
     data_source,
@@ -16,6 +13,9 @@ from onnxprune.cli.options import (
     names,
     tolerance_options,
 )
+from onnxprune.core import data
+from onnxprune.core import model as model_io
+from onnxprune.measure import latency, stats
 from onnxprune.passes.pipeline import REGISTRY
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 
 from onnxprune import api, channels
-from onnxprune.core import data
-from onnxprune.channels import importance, policy
 from onnxprune.api import layers as layer_pruning
+from onnxprune.channels import importance, policy
 from onnxprune.cli import report
-from onnxprune.core import model as model_io
 from onnxprune.cli.blocks import joint_text
 from onnxprune.cli.options import common_options, cost_lines, data_source, emit, names
+from onnxprune.core import data
+from onnxprune.core import model as model_io
 from onnxprune.core.errors import InputError
 
 

@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from onnxprune.passes.base import PassReport
 from onnxprune.measure.stats import ModelStats
+from onnxprune.passes.base import PassReport
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:

@@ -14,9 +14,9 @@ from types import ModuleType
 
 import numpy as np
 
+from onnxprune.cli.options import common_options, emit, names, normalisation_options
 from onnxprune.core import data
 from onnxprune.core import model as model_io
-from onnxprune.cli.options import common_options, emit, names, normalisation_options
 from onnxprune.core.errors import InputError
 from onnxprune.retrain import evaluate as scoring
 

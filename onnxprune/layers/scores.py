@@ -34,11 +34,11 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels import policy
-from onnxprune.measure import verify
-from onnxprune.layers.units import WEIGHTED_OPS, Block
 from onnxprune.core.errors import InputError
 from onnxprune.core.graph import constant_value
 from onnxprune.layers import surgery as bypass_blocks
+from onnxprune.layers.units import WEIGHTED_OPS, Block
+from onnxprune.measure import verify
 
 log = logging.getLogger(__name__)
 

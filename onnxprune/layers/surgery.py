@@ -30,9 +30,9 @@ from collections.abc import Mapping, Sequence
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.layers.units import Block, match_unit, node_order
 from onnxprune.core.errors import InputError
 from onnxprune.core.graph import Skip, consumers, infer_shapes, is_graph_output, unique_name
+from onnxprune.layers.units import Block, match_unit, node_order
 from onnxprune.passes.base import PassReport
 
 log = logging.getLogger(__name__)

@@ -43,7 +43,6 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.core import data
-from onnxprune.measure import stats
 from onnxprune.core.errors import InputError
 from onnxprune.core.graph import (
     NotCandidate,
@@ -52,6 +51,7 @@ from onnxprune.core.graph import (
     is_graph_output,
     producer,
 )
+from onnxprune.measure import stats
 
 log = logging.getLogger(__name__)
 

@@ -35,9 +35,9 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup
+from onnxprune.channels.importance.magnitude import Slices, role_slices
 from onnxprune.channels.relations import ROLE_IN, ROLE_OUT, ROLE_SCALE
 from onnxprune.core.graph import Skip, constant_value
-from onnxprune.channels.importance.magnitude import Slices, role_slices
 from onnxprune.core.linear import batchnorm_affine
 from onnxprune.passes.base import PassReport
 

@@ -21,8 +21,8 @@ import onnx
 from tqdm import tqdm
 
 from onnxprune.core import data
-from onnxprune.measure import verify
 from onnxprune.core.errors import InputError
+from onnxprune.measure import verify
 
 log = logging.getLogger(__name__)
 

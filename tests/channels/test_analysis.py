@@ -15,11 +15,11 @@ import pytest
 from onnx import helper
 
 from models.architectures import ARCHITECTURES, export_onnx
+from onnxprune.channels import surgery as prune_channels
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup, analyse
 from onnxprune.channels.relations import ROLE_IN, ROLE_OUT, ROLE_PARAM, ROLE_SCALE
 from onnxprune.core.graph import constant_value
 from onnxprune.core.model import to_graph, to_model
-from onnxprune.channels import surgery as prune_channels
 from onnxprune.passes.pipeline import optimize, prepare
 from tests.util import assert_equivalent, make_model, tensor
 

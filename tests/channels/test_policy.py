@@ -7,12 +7,12 @@ import pytest
 from onnx import helper
 
 from onnxprune.channels import importance
+from onnxprune.channels import surgery as prune_channels
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup, analyse
 from onnxprune.channels.costs import CostModel, channel_costs
+from onnxprune.channels.policy import PolicyConfig, adaptive_threshold, select
 from onnxprune.core.errors import InputError
 from onnxprune.core.model import to_graph, to_model
-from onnxprune.channels import surgery as prune_channels
-from onnxprune.channels.policy import PolicyConfig, adaptive_threshold, select
 from onnxprune.measure.stats import model_stats
 from tests.util import make_model, tensor
 

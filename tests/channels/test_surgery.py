@@ -15,13 +15,13 @@ import pytest
 from onnx import helper, numpy_helper
 
 from models.architectures import ARCHITECTURES, export_onnx
+from onnxprune.channels import surgery as prune_channels
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup, analyse
 from onnxprune.core.errors import InputError
 from onnxprune.core.model import to_graph, to_model
-from onnxprune.channels import surgery as prune_channels
+from onnxprune.measure.stats import ModelStats, model_stats
 from onnxprune.passes.base import PassReport
 from onnxprune.passes.pipeline import optimize, prepare
-from onnxprune.measure.stats import ModelStats, model_stats
 from tests.util import assert_equivalent, make_model, outputs, random_inputs, tensor
 
 RNG = np.random.default_rng(0)

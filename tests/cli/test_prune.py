@@ -13,7 +13,7 @@ from onnxprune.cli import main
 from onnxprune.measure.stats import model_stats
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _resnet() -> onnx.ModelProto:
     return export_onnx("resnet_basic")
 

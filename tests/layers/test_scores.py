@@ -8,11 +8,11 @@ import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
 
-from onnxprune.layers import scores as block_importance
-from onnxprune.layers.units import find_blocks
 from onnxprune.core.data import random_feeds, resolve_input_shapes
 from onnxprune.core.errors import InputError
 from onnxprune.core.graph import constant_value
+from onnxprune.layers import scores as block_importance
+from onnxprune.layers.units import find_blocks
 from tests.layers.test_units import prepared, shipped, zero_body, zoo
 
 

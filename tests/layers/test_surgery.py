@@ -11,13 +11,13 @@ import onnx
 import pytest
 from onnx import helper
 
-from onnxprune.layers.units import find_blocks
 from onnxprune.core.data import resolve_input_shapes
 from onnxprune.core.errors import InputError
 from onnxprune.core.model import to_graph, to_model
 from onnxprune.layers import surgery as bypass_blocks
-from onnxprune.passes.pipeline import prepare
+from onnxprune.layers.units import find_blocks
 from onnxprune.measure.stats import model_stats
+from onnxprune.passes.pipeline import prepare
 from tests.layers.test_units import EXPECTED, _unit, prepared, shipped, zero_body, zoo
 from tests.util import assert_equivalent, make_model, outputs, random_inputs, tensor
 

@@ -14,10 +14,10 @@ from torch import nn
 
 from models.architectures import conv_bn, export, export_onnx, residual
 from onnxprune import api
-from onnxprune.layers.units import Block, find_blocks, scan
 from onnxprune.core.model import to_graph
-from onnxprune.passes.pipeline import optimize, prepare
+from onnxprune.layers.units import Block, find_blocks, scan
 from onnxprune.measure.stats import model_stats
+from onnxprune.passes.pipeline import optimize, prepare
 from tests.util import make_model, tensor
 
 MODELS = Path(__file__).resolve().parents[2] / "models"

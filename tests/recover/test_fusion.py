@@ -8,11 +8,11 @@ import pytest
 from onnx import helper
 
 from onnxprune.channels import importance, policy
+from onnxprune.channels import surgery as prune_channels
 from onnxprune.channels.analysis import ChannelGraph, analyse
 from onnxprune.core.model import to_graph, to_model
-from onnxprune.recover import fusion as compensate
-from onnxprune.channels import surgery as prune_channels
 from onnxprune.passes.pipeline import prepare
+from onnxprune.recover import fusion as compensate
 from tests.util import assert_equivalent, make_model, outputs, random_inputs, tensor
 
 C_IN, WIDTH, C_OUT = 4, 8, 5

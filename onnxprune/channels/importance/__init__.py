@@ -24,13 +24,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup
-from onnxprune.channels.relations import ROLE_OUT
-from onnxprune.core.errors import InputError
 from onnxprune.channels.importance.bn_scale import BNScale
 from onnxprune.channels.importance.entropy import Entropy
 from onnxprune.channels.importance.gradient import Gradient
 from onnxprune.channels.importance.magnitude import Magnitude
 from onnxprune.channels.importance.random import Random
+from onnxprune.channels.relations import ROLE_OUT
+from onnxprune.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels.analysis import ChannelGroup
-from onnxprune.channels.relations import ROLE_SCALE
 from onnxprune.channels.importance.magnitude import Magnitude, per_channel, role_slices
+from onnxprune.channels.relations import ROLE_SCALE
 
 REDUCTIONS = ("mean", "sum")
 

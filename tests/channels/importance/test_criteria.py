@@ -8,8 +8,8 @@ from onnx import helper
 
 from onnxprune.channels import importance
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup, analyse
-from onnxprune.core.errors import InputError
 from onnxprune.channels.importance import BNScale, Entropy, Magnitude, Random, from_filter_scores
+from onnxprune.core.errors import InputError
 from onnxprune.core.model import to_graph
 from onnxprune.passes.pipeline import prepare
 from tests.util import make_model, tensor
