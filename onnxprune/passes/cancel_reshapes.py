@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 NAME = "cancel_reshapes"
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, ("Reshape",), _match, _apply)
 
 

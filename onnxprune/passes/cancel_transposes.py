@@ -52,7 +52,7 @@ REDUCTIONS = frozenset(
 )
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, ("Transpose",), _match, _apply)
 
 

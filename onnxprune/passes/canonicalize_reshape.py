@@ -43,7 +43,7 @@ log = logging.getLogger(__name__)
 NAME = "canonicalize_reshape"
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, ("Reshape",), _match, _apply)
 
 

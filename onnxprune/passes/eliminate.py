@@ -52,7 +52,7 @@ INT64_MAX = np.iinfo(np.int64).max
 Dim = int | str | None
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, MATCHERS, _match, _apply)
 
 
@@ -103,7 +103,8 @@ def _reshape_keeps(shape: list[Dim], target: list[int], allowzero: int) -> bool:
 def _transpose(graph: gs.Graph, node: gs.Node) -> int:
     perm = node.attrs.get("perm")
     if perm is None:
-        if rank(node.inputs[0]) is None or rank(node.inputs[0]) > 1:
+        data_rank = rank(node.inputs[0])
+        if data_rank is None or data_rank > 1:
             raise Skip("no perm (reverses the axes) and rank is not known to be <= 1")
     elif list(perm) != list(range(len(perm))):
         raise Skip(f"perm {list(perm)} is not the identity")
@@ -147,15 +148,19 @@ def _slice(graph: gs.Graph, node: gs.Node) -> int:
     return 0
 
 
-def _slice_operands(graph: gs.Graph, node: gs.Node) -> list[Sequence[int] | None]:
-    """starts, ends, axes, steps (None when omitted), from attributes (< 10) or inputs."""
+def _slice_operands(
+    graph: gs.Graph, node: gs.Node
+) -> tuple[Sequence[int], Sequence[int], Sequence[int] | None, Sequence[int] | None]:
+    """starts, ends, axes, steps (the last two None when omitted), from attributes (< 10) or inputs."""
+    operands: list[Sequence[int] | None]
     if graph.opset < 10:
         operands = [node.attrs.get(key) for key in ("starts", "ends", "axes")] + [None]
     else:
         operands = [_optional_constant(node, index) for index in range(1, 5)]
-    if operands[0] is None or operands[1] is None:
+    starts, ends, axes, steps = operands
+    if starts is None or ends is None:
         raise Skip("starts/ends missing")
-    return operands
+    return starts, ends, axes, steps
 
 
 def _optional_constant(node: gs.Node, index: int) -> list[int] | None:

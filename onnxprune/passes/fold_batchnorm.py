@@ -55,7 +55,7 @@ class _Fold:
     side: str
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     """Fold every foldable BatchNormalization; the report says why the others were kept."""
     return rewrite_nodes(graph, NAME, ("BatchNormalization",), _match, _apply)
 

@@ -56,7 +56,7 @@ CAST_ELISION_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Equal",
 INT_TYPES = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
 
 
-def run(graph: gs.Graph, size_limit: int = SIZE_LIMIT, **options) -> PassReport:
+def run(graph: gs.Graph, *, size_limit: int = SIZE_LIMIT) -> PassReport:
     """Fold every constant-computable node whose result is at most ``size_limit`` bytes."""
     report = PassReport(NAME)
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
@@ -78,7 +78,7 @@ def run(graph: gs.Graph, size_limit: int = SIZE_LIMIT, **options) -> PassReport:
 
 def _fold(graph: gs.Graph, size_limit: int, exclude: Callable[[gs.Node], bool]) -> None:
     """One onnxruntime session for all constant subgraphs; one per failing part if that fails."""
-    options = {
+    settings = {
         "fold_shapes": True,
         "recurse_subgraphs": False,
         "size_threshold": size_limit,
@@ -86,10 +86,10 @@ def _fold(graph: gs.Graph, size_limit: int, exclude: Callable[[gs.Node], bool]) 
         "recurse_functions": False,
     }
     try:
-        graph.fold_constants(partitioning=None, error_ok=False, **options)
+        graph.fold_constants(partitioning=None, error_ok=False, **settings)
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception only
         log.debug("%s: whole evaluation failed (%s), folding part by part", NAME, exc)
-        graph.fold_constants(partitioning="recursive", error_ok=True, **options)
+        graph.fold_constants(partitioning="recursive", error_ok=True, **settings)
 
 
 def _never_fold(writers: frozenset[int], node: gs.Node) -> bool:

@@ -44,7 +44,7 @@ class Fusion:
     pads: list[int]
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, ("Pad",), _match, _apply)
 
 
@@ -116,12 +116,12 @@ def _full_pads(graph: gs.Graph, pad: gs.Node) -> list[int]:
     pads = [int(amount) for amount in np.asarray(pads).reshape(-1)]
     if len(pad.inputs) < 4 or pad.inputs[3].is_empty():
         return pads
-    axes, axes_rank = constant_value(pad.inputs[3]), rank(pad.inputs[0])
-    if axes is None or axes_rank is None:
+    given, axes_rank = constant_value(pad.inputs[3]), rank(pad.inputs[0])
+    if given is None or axes_rank is None:
         raise Skip("axes are not a known constant or the input rank is unknown")
-    if np.any(axes < -axes_rank) or np.any(axes >= axes_rank):
+    if np.any(given < -axes_rank) or np.any(given >= axes_rank):
         raise Skip("axes out of range")
-    axes = [int(axis) % axes_rank for axis in axes.reshape(-1)]
+    axes = [int(axis) % axes_rank for axis in given.reshape(-1)]
     if len(pads) != 2 * len(axes) or len(set(axes)) != len(axes):
         raise Skip("pads do not match axes")
     full = [0] * (2 * axes_rank)

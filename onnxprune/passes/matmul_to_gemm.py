@@ -68,7 +68,7 @@ class _Found:
     restore: list[int]  # the result's shape, -1 where a dimension is not static
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, ("MatMul",), _match, _apply)
 
 

@@ -62,7 +62,7 @@ class _Merge:
     side: str
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     """Merge every constant affine node that sits next to a linear op it can be folded into."""
     return rewrite_nodes(graph, NAME, AFFINE_OPS, _match, _apply)
 
@@ -101,7 +101,7 @@ def _ends_gelu(node: gs.Node) -> bool:
 
 def _is_erf_plus_one(node: gs.Node | None) -> bool:
     return node is not None and node.op == "Add" and any(
-        producer(tensor) is not None and producer(tensor).op == "Erf" for tensor in node.inputs
+        source is not None and source.op == "Erf" for source in map(producer, node.inputs)
     )
 
 
@@ -116,10 +116,12 @@ def _apply(graph: gs.Graph, merge: _Merge) -> str:
 def _terms(node: gs.Node) -> tuple[int, np.ndarray | None, np.ndarray | None]:
     """The variable operand's index and the constant's ``(s, t)`` in ``z = s v + t`` (None: 1 or 0)."""
     values = [constant_value(tensor) for tensor in node.inputs]
-    if len(values) != 2 or all(value is None for value in values) or all(value is not None for value in values):
+    constants = [(index, value) for index, value in enumerate(values) if value is not None]
+    if len(values) != 2 or len(constants) != 1:
         raise NotCandidate("needs exactly one constant and one variable operand")
-    keep = 0 if values[1] is not None else 1
-    value, variable = values[1 - keep], node.inputs[keep]
+    [(constant, value)] = constants
+    keep = 1 - constant
+    variable = node.inputs[keep]
     if variable.dtype is None or not np.issubdtype(value.dtype, np.floating) or value.dtype != variable.dtype:
         raise Skip(f"constant of dtype {value.dtype} beside '{variable.name}' of dtype {variable.dtype}")
     value = value.astype(np.float64)

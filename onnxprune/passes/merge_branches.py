@@ -55,7 +55,7 @@ class Plan:
     dilations: tuple[int, ...]
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, OP_TYPES, match, apply)
 
 

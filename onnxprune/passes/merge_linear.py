@@ -45,7 +45,7 @@ class Merge:
     merged: LinearOp  # parameters of the merged layer, on the node that survives
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, OP_TYPES, match, apply)
 
 

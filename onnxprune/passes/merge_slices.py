@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 NAME = "merge_slices"
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, ("Slice",), _match, _apply)
 
 
@@ -86,6 +86,8 @@ def _operands(node: gs.Node, data_rank: int) -> list[np.ndarray]:
             raise Skip(f"Slice '{node.name}' input {index} is not a constant")
         values.append(value)
     starts, ends, axes, steps = values
+    if starts is None or ends is None:
+        raise Skip(f"Slice '{node.name}' has no starts or ends input")
     count = starts.size
     axes = np.arange(count) if axes is None else axes.reshape(-1)
     steps = np.ones(count, dtype=np.int64) if steps is None else steps.reshape(-1)

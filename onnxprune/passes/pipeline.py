@@ -2,14 +2,19 @@
 
 Between passes the runner removes dead nodes, sorts the graph and recomputes shapes, so every
 pass sees a clean graph whose shapes were inferred, never taken from the file.
+
+Per-pass options (``{"fold_constants": {"size_limit": 1 << 20}}``) are checked against each
+pass's signature before any work: an unknown pass, an unknown option, or an option for a pass
+that is not run is an InputError, never silently ignored.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import ModuleType
+from typing import Any
 
 import onnx
 import onnx_graphsurgeon as gs
@@ -33,7 +38,7 @@ from onnxprune.passes import (
     merge_slices,
     sink_reshapes,
 )
-from onnxprune.passes.base import PassReport
+from onnxprune.passes.base import PassReport, PassSpec
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +57,10 @@ EXACT_PASSES: tuple[ModuleType, ...] = (
     merge_branches,
     merge_linear,
 )
-REGISTRY: dict[str, Callable[..., PassReport]] = {module.NAME: module.run for module in EXACT_PASSES}
+PASSES: dict[str, PassSpec] = {spec.name: spec for spec in map(PassSpec.of, EXACT_PASSES)}
+REGISTRY: dict[str, Callable[..., PassReport]] = {name: spec.run for name, spec in PASSES.items()}
+
+PassOptions = Mapping[str, Mapping[str, Any]]  # pass name -> keyword options of its run
 
 
 @dataclass
@@ -68,10 +76,26 @@ class PipelineResult:
 def resolve_passes(passes: Sequence[str] | None = None, skip: Sequence[str] = ()) -> list[str]:
     """The pass names to run, in registry order; unknown names are an InputError."""
     chosen = list(passes) if passes else list(REGISTRY)
-    unknown = sorted((set(chosen) | set(skip)) - set(REGISTRY))
-    if unknown:
-        raise InputError(f"unknown pass {', '.join(unknown)}; known passes: {', '.join(REGISTRY)}")
+    _check_known(set(chosen) | set(skip))
     return [name for name in chosen if name not in set(skip)]
+
+
+def check_options(names: Sequence[str], options: PassOptions | None = None) -> None:
+    """Raise InputError unless every pass named is known and every option is one its pass accepts.
+
+    Options may be given only for passes in ``names`` (the ones that will run), so an option for
+    a skipped or unselected pass is refused rather than dropped.
+    """
+    _check_known(set(names))
+    for name, values in (options or {}).items():
+        if name not in PASSES:
+            raise InputError(f"options given for unknown pass '{name}'; known passes: {', '.join(PASSES)}")
+        if not isinstance(values, Mapping):
+            raise InputError(f"options of pass '{name}' must map option names to values, not {values!r}")
+        if name not in names:
+            given = ", ".join(f"'{option}'" for option in values) or "none"
+            raise InputError(f"options given for pass '{name}' ({given}), which is not run (skipped or not selected)")
+        PASSES[name].check(values)
 
 
 def prepare(graph: gs.Graph) -> gs.Graph:
@@ -81,9 +105,20 @@ def prepare(graph: gs.Graph) -> gs.Graph:
 
 
 def run_passes(
-    graph: gs.Graph, names: Sequence[str], max_rounds: int = 8, progress: bool = False
+    graph: gs.Graph,
+    names: Sequence[str],
+    max_rounds: int = 8,
+    progress: bool = False,
+    *,
+    options: PassOptions | None = None,
 ) -> tuple[list[PassReport], int]:
-    """Run ``names`` in order, repeatedly, until a whole round changes nothing."""
+    """Run ``names`` in order, repeatedly, until a whole round changes nothing.
+
+    ``options`` maps a pass name to the keyword options of its ``run``; they are checked
+    (``check_options``) before the graph is touched.
+    """
+    check_options(names, options)
+    given = options or {}
     totals = {name: PassReport(name) for name in names}
     prepare(graph)
     rounds = 0
@@ -94,7 +129,7 @@ def run_passes(
             bar.set_description(f"optimize round {rounds}")
             for name in names:
                 bar.set_postfix_str(name)
-                report = REGISTRY[name](graph)
+                report = REGISTRY[name](graph, **given.get(name, {}))
                 _merge(totals[name], report)
                 if report.changed:
                     changed = True
@@ -111,13 +146,25 @@ def optimize(
     skip: Sequence[str] = (),
     max_rounds: int = 8,
     progress: bool = False,
+    *,
+    options: PassOptions | None = None,
 ) -> PipelineResult:
-    """Apply the exact passes to a copy of ``model``; the caller's model is not modified."""
+    """Apply the exact passes to a copy of ``model``; the caller's model is not modified.
+
+    ``options`` are per-pass keyword options (see ``run_passes``), checked before the model is read.
+    """
     names = resolve_passes(passes, skip)
+    check_options(names, options)
     graph = to_graph(model)
-    reports, rounds = run_passes(graph, names, max_rounds, progress)
+    reports, rounds = run_passes(graph, names, max_rounds, progress, options=options)
     log.info("optimize: %d round(s), %d rewrite(s)", rounds, sum(len(r.rewrites) for r in reports))
     return PipelineResult(to_model(graph, model), reports, rounds)
+
+
+def _check_known(names: set[str]) -> None:
+    unknown = sorted(names - set(PASSES))
+    if unknown:
+        raise InputError(f"unknown pass {', '.join(unknown)}; known passes: {', '.join(PASSES)}")
 
 
 def _merge(total: PassReport, report: PassReport) -> None:

@@ -65,6 +65,17 @@ class Region:
         return f"removed {opener.op} '{opener.name}' and {closer.op} '{closer.name}' around {ops}"
 
 
+@dataclass
+class _Walk:
+    """A region being collected: its opener is unknown until the walk reaches it."""
+
+    closer: gs.Node
+    extra: frozenset[str]  # ops admitted besides the elementwise ones
+    opener: gs.Node | None = None
+    nodes: list[gs.Node] = field(default_factory=list)
+    constants: list[tuple[gs.Node, int, np.ndarray]] = field(default_factory=list)
+
+
 def walk(graph: gs.Graph, closer: gs.Node, reductions: Iterable[str] = ()) -> Region:
     """The region between ``closer`` and the one node of the same op type that opens it.
 
@@ -72,13 +83,11 @@ def walk(graph: gs.Graph, closer: gs.Node, reductions: Iterable[str] = ()) -> Re
     (their other inputs are left to the caller). Raises NotCandidate when the ops above
     ``closer`` are not such a region, Skip when a tensor of the region is read from outside it.
     """
-    extra = frozenset(reductions)
     first = producer(closer.inputs[0])
-    region = Region(opener=None, closer=closer)  # type: ignore[arg-type]
     if first is not None and first.op == closer.op:
-        region.opener = first
+        region = Region(opener=first, closer=closer)
     else:
-        _collect(region, first, extra)
+        region = _collect(_Walk(closer, frozenset(reductions)), first)
     _check_private(graph, region)
     if not region.nodes and is_graph_output(graph, closer.outputs[0]):
         name = closer.outputs[0].name
@@ -114,30 +123,29 @@ def check_reshape_broadcast(value: np.ndarray, before: list | None, after: list 
         raise Skip(f"constant of shape {list(value.shape)} meets last axes {before[-1]} and {after[-1]}")
 
 
-def _collect(region: Region, first: gs.Node | None, extra: frozenset[str]) -> None:
-    if not _admitted(first, extra):
-        raise NotCandidate(f"its input is not computed by an elementwise op or a {region.closer.op}")
+def _collect(state: _Walk, first: gs.Node | None) -> Region:
+    if first is None or not _admitted(first, state.extra):
+        raise NotCandidate(f"its input is not computed by an elementwise op or a {state.closer.op}")
     pending, seen = [first], {id(first)}
     while pending:
         node = pending.pop()
-        if len(region.nodes) >= MAX_REGION:
+        if len(state.nodes) >= MAX_REGION:
             raise NotCandidate(f"more than {MAX_REGION} ops")
         if len(node.outputs) != 1:
             raise NotCandidate(f"{node.op} '{node.name}' has {len(node.outputs)} outputs")
-        region.nodes.append(node)
-        data = node.inputs[:1] if node.op in extra else node.inputs
+        state.nodes.append(node)
+        data = node.inputs[:1] if node.op in state.extra else node.inputs
         for index, tensor in enumerate(data):
-            upstream = _visit(region, node, index, tensor, extra)
+            upstream = _visit(state, node, index, tensor)
             if upstream is not None and id(upstream) not in seen:
                 seen.add(id(upstream))
                 pending.append(upstream)
-    if region.opener is None:
-        raise NotCandidate(f"the ops do not start from a {region.closer.op}")
+    if state.opener is None:
+        raise NotCandidate(f"the ops do not start from a {state.closer.op}")
+    return Region(state.opener, state.closer, state.nodes, state.constants)
 
 
-def _visit(
-    region: Region, node: gs.Node, index: int, tensor: gs.Tensor, extra: frozenset[str]
-) -> gs.Node | None:
+def _visit(state: _Walk, node: gs.Node, index: int, tensor: gs.Tensor) -> gs.Node | None:
     """Record ``tensor`` (a constant, the opener's output) or return the region node that computes it."""
     if tensor.is_empty():
         return None
@@ -145,15 +153,15 @@ def _visit(
     if value is not None:
         if node.op not in BROADCASTING:
             raise NotCandidate(f"{node.op} '{node.name}' has a constant data operand")
-        region.constants.append((node, index, value))
+        state.constants.append((node, index, value))
         return None
     upstream = producer(tensor)
-    if upstream is not None and upstream.op == region.closer.op:
-        if region.opener is not None and upstream is not region.opener:
+    if upstream is not None and upstream.op == state.closer.op:
+        if state.opener is not None and upstream is not state.opener:
             raise NotCandidate(f"the ops read two different {upstream.op} outputs")
-        region.opener = upstream
+        state.opener = upstream
         return None
-    if not _admitted(upstream, extra):
+    if not _admitted(upstream, state.extra):
         raise NotCandidate(f"'{tensor.name}' comes from {upstream.op if upstream else 'a graph input'}")
     return upstream
 

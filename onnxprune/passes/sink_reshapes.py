@@ -48,16 +48,18 @@ AFFINE_OPS = ("Mul", "Add", "Sub", "Div")
 LINEAR = ("Gemm", "MatMul")
 
 
-def run(graph: gs.Graph, **options) -> PassReport:
+def run(graph: gs.Graph) -> PassReport:
     return rewrite_nodes(graph, NAME, AFFINE_OPS, _match, _apply)
 
 
 def _match(graph: gs.Graph, node: gs.Node) -> tuple[gs.Node, gs.Node, int]:
     """The op, the Reshape it reads, and the index of that variable operand."""
     values = [constant_value(tensor) for tensor in node.inputs]
-    if len(values) != 2 or sum(value is None for value in values) != 1:
+    constants = [(index, value) for index, value in enumerate(values) if value is not None]
+    if len(values) != 2 or len(constants) != 1:
         raise NotCandidate("needs exactly one constant and one variable operand")
-    keep = 0 if values[0] is None else 1
+    [(constant, value)] = constants
+    keep = 1 - constant
     reshaped = node.inputs[keep]
     reshape = producer(reshaped)
     if reshape is None or reshape.op != "Reshape":
@@ -68,7 +70,7 @@ def _match(graph: gs.Graph, node: gs.Node) -> tuple[gs.Node, gs.Node, int]:
         raise NotCandidate("the Reshape does not follow a Gemm or MatMul")
     if not is_private(graph, source) or not is_private(graph, reshaped):
         raise Skip("the tensor before or after the Reshape has other readers or is a graph output")
-    check_reshape_broadcast(values[1 - keep], source.shape, reshaped.shape)
+    check_reshape_broadcast(value, source.shape, reshaped.shape)
     return node, reshape, keep
 
 

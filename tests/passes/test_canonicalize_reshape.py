@@ -29,7 +29,10 @@ def view_model(source: str = "x", index: int = 0, slice_form: bool = False, allo
     if slice_form:
         nodes.append(helper.make_node("Slice", ["shape", "s0", "s1"], ["n"]))
     else:
-        nodes += [helper.make_node("Gather", ["shape", "i"], ["g"], axis=0), helper.make_node("Unsqueeze", ["g", "ax"], ["n"])]
+        nodes += [
+            helper.make_node("Gather", ["shape", "i"], ["g"], axis=0),
+            helper.make_node("Unsqueeze", ["g", "ax"], ["n"]),
+        ]
     nodes += [helper.make_node("Concat", ["n", "rest"], ["target"], axis=0),
               helper.make_node("Reshape", ["r", "target"], ["y"], **({"allowzero": allowzero} if opset >= 14 else {}))]
     inputs = [tensor("x", ["N", 8, 3, 3]), tensor("z", ["M", 8, 3, 3])]

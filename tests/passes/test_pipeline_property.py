@@ -36,11 +36,14 @@ class Builder:
     def conv(self, source: str, out: int, kernel: int, stride: int, pad: int, group: int, bias: bool) -> str:
         weight = self.const("w", self.rng.standard_normal((out, self.channels // group, kernel, kernel)) * 0.3)
         inputs = [source, weight] + ([self.const("b", self.rng.standard_normal(out))] if bias else [])
-        return self.emit("Conv", inputs, kernel_shape=[kernel, kernel], strides=[stride] * 2, pads=[pad] * 4, group=group)
+        return self.emit(
+            "Conv", inputs, kernel_shape=[kernel, kernel], strides=[stride] * 2, pads=[pad] * 4, group=group
+        )
 
     def bn(self, source: str) -> str:
         c, rng = self.channels, self.rng
-        params = [rng.uniform(0.5, 1.5, c), rng.standard_normal(c) * 0.1, rng.standard_normal(c) * 0.1, rng.uniform(0.5, 1.5, c)]
+        gamma, beta, mean = rng.uniform(0.5, 1.5, c), rng.standard_normal(c) * 0.1, rng.standard_normal(c) * 0.1
+        params = [gamma, beta, mean, rng.uniform(0.5, 1.5, c)]  # drawn in this order
         names = [self.const(n, v) for n, v in zip(("gamma", "beta", "mean", "var"), params)]
         return self.emit("BatchNormalization", [source, *names], epsilon=1e-5)
 
