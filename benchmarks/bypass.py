@@ -1,7 +1,7 @@
 """Layer pruning versus channel pruning at the same FLOPs: which buys more latency per FLOP (seed 001's claim).
 
 For each model and fraction f of its residual units: bypass round(f * units) units, the lowest by
-the data-free ``bn`` score, then fold (``layer_pruning.bypass_model``); and prune channels to the
+the data-free ``bn`` score, then fold (``api.bypass_model``); and prune channels to the
 FLOPs that bypassing reached (``api.prune_model``, L1 criterion, global ranking, ``flops_target``
 equal to the bypassed model's share of the cleaned-up model's MACs), then fold — once as is, once
 keeping channel counts at multiples of 8 (onnxruntime's blocked NCHWc kernels need them; without
@@ -40,7 +40,6 @@ from models.architectures import (
 )
 from models.reference import preprocess
 from onnxprune import api
-from onnxprune.api import layers as layer_pruning
 from onnxprune.channels import policy
 from onnxprune.cli.report import table
 from onnxprune.core import data
@@ -89,19 +88,19 @@ def rows_for(name: str, model: onnx.ModelProto, fractions: list[float], runs: in
     feed = data.random_feeds(model, shapes)[0]
     baseline = pipeline.optimize(model).model
     base = stats.model_stats(baseline, shapes)
-    graph, units, _ = layer_pruning.detect(model)
+    graph, units, _ = api.detect(model)
     prepared_macs = model_macs(graph)
     accuracy = cifar_top1 if name == "resnet56" else None
     rows = [(name, "original (folded)", 0.0, 1.0, 1.0, 1.0, 1.0, "-", "-", _top1(accuracy, baseline))]
     for fraction in fractions:
         count = max(1, round(fraction * len(units)))
-        bypassed, removed, _ = layer_pruning.bypass_model(model, count=count, score="bn")
-        target = 1 - sum(block.macs for block in removed) / prepared_macs
-        methods = {f"bypass {count} unit{'s' if count > 1 else ''}": bypassed}
+        bypassed = api.bypass_model(model, api.Selection(count=count), score="bn")
+        target = 1 - sum(block.macs for block in bypassed.removed) / prepared_macs
+        methods = {f"bypass {count} unit{'s' if count > 1 else ''}": bypassed.model}
         for round_to in (1, 8):
             config = policy.PolicyConfig(flops_target=target, global_ranking=True, round_to=round_to)
             methods["channels" + (f" (round to {round_to})" if round_to > 1 else "")] = api.prune_model(
-                model, "l1", config)[0]
+                model, "l1", config).model
         timings = [paired_ratios([baseline, *methods.values()], feed, runs, threads) for threads in (1, 2)]
         for index, (method, result) in enumerate(methods.items(), 1):
             counted = stats.model_stats(result, shapes)

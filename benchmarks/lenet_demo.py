@@ -128,9 +128,8 @@ def make_row(name: str, model: onnx.ModelProto, path: Path, test: LabelledData) 
 
 def prune(original: onnx.ModelProto, target: float, settings: Settings) -> onnx.ModelProto:
     """The channel pruner at a parameter target: conv channels and Gemm features together."""
-    pruned, *_ = api.prune_model(original, settings.criterion, settings.policy(target),
-                                 input_shapes=shapes_of(original))
-    return pruned
+    return api.prune_model(original, settings.criterion, settings.policy(target),
+                           input_shapes=shapes_of(original)).model
 
 
 def retrain(pruned: onnx.ModelProto, train: LabelledData, teacher: onnx.ModelProto | None,

@@ -58,7 +58,7 @@ def measure(name: str, model: onnx.ModelProto, ratio: float, round_to: int, runs
     shapes = data.resolve_input_shapes(model)
     feed = data.random_feeds(model, shapes)[0]
     start = time.perf_counter()
-    pruned, *_ = api.prune_model(model, "l1", policy.PolicyConfig(ratio=ratio, round_to=round_to))
+    pruned = api.prune_model(model, "l1", policy.PolicyConfig(ratio=ratio, round_to=round_to)).model
     seconds = time.perf_counter() - start
     before, after = stats.model_stats(model, shapes), stats.model_stats(pruned, shapes)
     ratios = [latency.compare_latency(model, pruned, feed, runs=runs, warmup=3, threads=t)[2] for t in (1, 2)]

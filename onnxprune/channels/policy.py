@@ -39,7 +39,7 @@ import numpy as np
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup
 from onnxprune.channels.costs import CostModel
 from onnxprune.channels.importance.bn_scale import BNScale
-from onnxprune.core.errors import InputError
+from onnxprune.core.errors import OptionError
 from onnxprune.measure.stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -92,28 +92,28 @@ def select(
 def validate(config: PolicyConfig) -> None:
     """Raise InputError for a request no graph could satisfy (a bad ratio, target or option mix)."""
     if not 0 <= config.ratio < 1:
-        raise InputError(f"--ratio {config.ratio:g} is outside [0, 1)")
-    for option, target in (("--flops-target", config.flops_target), ("--params-target", config.params_target)):
+        raise OptionError(f"{{}} {config.ratio:g} is outside [0, 1)", "ratio")
+    for option, target in (("flops_target", config.flops_target), ("params_target", config.params_target)):
         if target is not None and not 0 < target <= 1:
-            raise InputError(f"{option} {target:g} must be in (0, 1]: the fraction of the model to keep")
+            raise OptionError(f"{{}} {target:g} must be in (0, 1]: the fraction of the model to keep", option)
     if config.threshold is not None and config.threshold not in THRESHOLDS:
-        raise InputError(f"--threshold {config.threshold!r} is unknown; known: {', '.join(THRESHOLDS)}")
+        raise OptionError(f"{{}} {config.threshold!r} is unknown; known: {', '.join(THRESHOLDS)}", "threshold")
     if config.threshold is not None and (config.ratio or config.targets or config.global_ranking):
-        raise InputError("--threshold adaptive chooses the channels of each group itself: "
-                         "drop --ratio, --global, --flops-target and --params-target")
+        raise OptionError("{} adaptive chooses the channels of each group itself: drop {}, {}, {} and {}",
+                          "threshold", "ratio", "global_ranking", "flops_target", "params_target")
     if config.ratio and config.targets:
-        raise InputError("--ratio and --flops-target/--params-target are exclusive: give one")
+        raise OptionError("{} and {}/{} are exclusive: give one", "ratio", "flops_target", "params_target")
     if config.min_channels < 0:
-        raise InputError(f"--min-channels {config.min_channels} must be at least 0")
+        raise OptionError(f"{{}} {config.min_channels} must be at least 0", "min_channels")
     if config.round_to < 1:
-        raise InputError(f"--round-to {config.round_to} must be at least 1")
+        raise OptionError(f"{{}} {config.round_to} must be at least 1", "round_to")
     if not config.bin_width > 0:
-        raise InputError(f"histogram bin width {config.bin_width:g} must be positive")
+        raise OptionError(f"{{}} {config.bin_width:g} must be positive", "bin_width")
     for pattern in config.exclude:
         try:
             re.compile(pattern)
         except re.error as exc:
-            raise InputError(f"--exclude {pattern!r} is not a valid regular expression: {exc}") from exc
+            raise OptionError(f"{{}} {pattern!r} is not a valid regular expression: {exc}", "exclude") from exc
 
 
 # --- per-group plans ----------------------------------------------------------------------------
@@ -157,21 +157,23 @@ def _plan(group: ChannelGroup, score: np.ndarray, config: PolicyConfig, allowed:
 
 def _keep_every_axis(group: ChannelGroup, ranked: np.ndarray) -> np.ndarray:
     """Drop from ``ranked`` the channels that would be the last of some axis holding only part of the group."""
-    partial = []
+    left: list[int] = []  # channels still held, per axis that holds only some of the group's channels
+    members: list[np.ndarray] = []
     for _, owner in group.members.values():
         channels = np.unique(owner)
         if len(channels) < group.size:
             member = np.zeros(group.size, dtype=bool)
             member[channels] = True
-            partial.append([len(channels), member])
-    if not partial:
+            left.append(len(channels))
+            members.append(member)
+    if not members:
         return ranked
     order = []
     for channel in ranked:
-        axes = [entry for entry in partial if entry[1][channel]]
-        if all(entry[0] > 1 for entry in axes):
-            for entry in axes:
-                entry[0] -= 1
+        axes = [index for index, member in enumerate(members) if member[channel]]
+        if all(left[index] > 1 for index in axes):
+            for index in axes:
+                left[index] -= 1
             order.append(channel)
     return np.asarray(order, dtype=np.int64)
 
@@ -187,7 +189,7 @@ def _excluded(channel_graph: ChannelGraph, group: ChannelGroup, patterns: list[r
             names.update(node.name for node in [*tensor.inputs, *tensor.outputs])
     hit = next((p.pattern for p in patterns for name in names if p.search(name)), None)
     if hit is not None:
-        log.info("group %d excluded by --exclude %r", group.id, hit)
+        log.info("group %d excluded by the exclude pattern %r", group.id, hit)
     return hit is not None
 
 
@@ -281,16 +283,17 @@ def _target_counts(plans: dict[int, _Plan], config: PolicyConfig, costs: CostMod
 
 def _check_reachable(config: PolicyConfig, costs: CostModel, floor: tuple[float, float]) -> None:
     for option, target, left, total, what in (
-        ("--flops-target", config.flops_target, floor[0], costs.macs, "FLOPs"),
-        ("--params-target", config.params_target, floor[1], costs.params, "parameters"),
+        ("flops_target", config.flops_target, floor[0], costs.macs, "FLOPs"),
+        ("params_target", config.params_target, floor[1], costs.params, "parameters"),
     ):
         if target is None:
             continue
         if total <= 0:
-            raise InputError(f"{option} needs the model's {what}, which could not be counted (input shapes unknown?)")
+            raise OptionError(f"{{}} needs the model's {what}, which could not be counted (input shapes unknown?)",
+                              option)
         if left > target * total + EPSILON:
-            raise InputError(f"{option} {target:g} is unreachable: with --min-channels {config.min_channels} "
-                             f"the floor is {left / total:.2f} of the {what}")
+            raise OptionError(f"{{}} {target:g} is unreachable: with {{}} {config.min_channels} "
+                              f"the floor is {left / total:.2f} of the {what}", option, "min_channels")
 
 
 def _threshold_counts(channel_graph: ChannelGraph, groups: list[ChannelGroup], scores: Mapping[int, np.ndarray],

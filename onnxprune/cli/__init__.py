@@ -16,6 +16,7 @@ import onnxruntime
 
 from onnxprune import __version__
 from onnxprune.cli import blocks, exact, prune, train
+from onnxprune.cli.options import flagged
 from onnxprune.core.errors import OnnxPruneError
 
 log = logging.getLogger("onnxprune")
@@ -35,7 +36,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args)
     except OnnxPruneError as error:
-        print(f"onnxprune: error: {error}", file=sys.stderr)
+        print(f"onnxprune: error: {flagged(error)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)

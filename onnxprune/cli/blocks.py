@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 
 from onnxprune import api
-from onnxprune.api import layers
 from onnxprune.cli import report
 from onnxprune.cli.options import common_options, cost_lines, data_source, emit, names
 from onnxprune.core import data
 from onnxprune.core import model as model_io
 from onnxprune.layers import scores as block_importance
+from onnxprune.layers.units import model_macs
 
 
 def register(commands) -> None:
@@ -69,13 +69,13 @@ def _add_joint(commands) -> None:
 def _blocks(args: argparse.Namespace) -> int:
     model = model_io.load(args.model)
     shapes = data.parse_input_shapes(args.input_shape)
-    graph, found, _ = layers.detect(model, shapes)
+    graph, found, _ = api.detect(model, shapes)
     feeds, source = None, None
     if block_importance.needs_data(args.score):
         inputs = api.Inputs.for_model(model, shapes, data_source(args))
         feeds, source = inputs.feeds, inputs.source
     scores = block_importance.score_blocks(graph, found, args.score, feeds, metric=args.metric)
-    total = layers.model_macs(graph, shapes)
+    total = model_macs(graph, shapes)
     rows = [(b.name, b.kind, len(b.body), 2 * b.macs, b.params, _share(b.macs, total), scores.get(b.name))
             for b in found]
     payload = {"command": "blocks", "model": args.model, "score": args.score, "inputs": source, "flops": 2 * total,
@@ -103,25 +103,25 @@ def _share(macs: int, total: int) -> str:
 
 
 def _bypass(args: argparse.Namespace) -> int:
-    outcome = layers.bypass_file(
-        args.input, args.output, count=args.blocks, names=args.names, flops_target=args.flops_target,
-        score=args.score, data_source=data_source(args), input_shapes=data.parse_input_shapes(args.input_shape),
+    selection = api.Selection(count=args.blocks, names=args.names, flops_target=args.flops_target)
+    outcome = api.bypass_file(
+        args.input, args.output, selection, score=args.score, data_source=data_source(args), input_shapes=data.parse_input_shapes(args.input_shape),
         runs=args.runs, threads=args.threads, score_options={"metric": args.metric},
     )
     emit(args, outcome.to_dict(), lambda: _bypass_text(outcome))
     return 0
 
 
-def _bypass_text(outcome: layers.BypassOutcome) -> str:
+def _bypass_text(outcome: api.BypassOutcome) -> str:
     removed = outcome.result.removed
     how = "" if outcome.selection.names is not None else f" by {outcome.score} score"
     lines = [f"bypassed {len(removed)} of {len(outcome.result.blocks)} units{how}: "
              + (", ".join(block.name for block in removed) or "none")]
-    return "\n".join([*lines, "", *cost_lines(outcome.cost)])
+    return "\n".join([*lines, "", *cost_lines(outcome.cost, outcome.fidelity)])
 
 
 def _joint(args: argparse.Namespace) -> int:
-    outcome = layers.joint_prune_file(
+    outcome = api.joint_prune_file(
         args.input, args.output, layers=args.layers, bin_width=args.bin_width, min_channels=args.min_channels,
         data_source=data_source(args), input_shapes=data.parse_input_shapes(args.input_shape), runs=args.runs,
         threads=args.threads,
@@ -130,6 +130,6 @@ def _joint(args: argparse.Namespace) -> int:
     return 0
 
 
-def joint_text(outcome: layers.JointOutcome) -> str:
+def joint_text(outcome: api.JointOutcome) -> str:
     steps = [f"{index}. {step}" for index, step in enumerate(outcome.result.steps, 1)]
-    return "\n".join([*steps, "", *cost_lines(outcome.cost)])
+    return "\n".join([*steps, "", *cost_lines(outcome.cost, outcome.fidelity)])

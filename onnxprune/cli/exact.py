@@ -84,14 +84,15 @@ def _optimize(args: argparse.Namespace) -> int:
 
 
 def _optimize_text(outcome: api.OptimizeOutcome) -> str:
-    before = report.summary_metrics(outcome.before.stats, outcome.before.median_ms)
-    after = report.summary_metrics(outcome.after.stats, outcome.after.median_ms)
+    cost = outcome.cost
+    before = report.summary_metrics(cost.before.stats, cost.before.median_ms)
+    after = report.summary_metrics(cost.after.stats, cost.after.median_ms)
     worst = max((d.max_abs for d in outcome.equivalence.outputs), default=0.0)
     return "\n".join([
         report.passes_table(outcome.result.reports), "",
         report.before_after(before, after), "",
-        f"verified on {outcome.inputs.source}: outputs match (max abs error {worst:.3g})",
-        f"wrote {outcome.destination}",
+        f"verified on {cost.inputs.source}: outputs match (max abs error {worst:.3g})",
+        f"wrote {cost.destination}",
     ])
 
 

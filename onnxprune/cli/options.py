@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
+from onnxprune.api import Cost
 from onnxprune.cli import report
 from onnxprune.core.data import DataSource
+from onnxprune.core.errors import OnnxPruneError, OptionError
+from onnxprune.measure.verify import Fidelity
 
 
 def common_options(parser: argparse.ArgumentParser, data_option: bool = True) -> None:
@@ -44,8 +47,10 @@ def names(text: str) -> list[str]:
 
 
 def normalisation_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--mean", type=floats, metavar="M[,M,...]", help="per-channel mean, after scaling uint8 to [0, 1]")
-    parser.add_argument("--std", type=floats, metavar="S[,S,...]", help="per-channel std, after scaling uint8 to [0, 1]")
+    parser.add_argument("--mean", type=floats, metavar="M[,M,...]",
+                        help="per-channel mean, after scaling uint8 to [0, 1]")
+    parser.add_argument("--std", type=floats, metavar="S[,S,...]",
+                        help="per-channel std, after scaling uint8 to [0, 1]")
 
 
 def floats(text: str) -> list[float]:
@@ -63,11 +68,10 @@ def data_source(args: argparse.Namespace) -> DataSource | None:
     return DataSource(args.data, getattr(args, "mean", None), getattr(args, "std", None))
 
 
-def cost_lines(cost) -> list[str]:
-    """The before/after table, the fidelity and the written path of a lossy command (an api.Cost)."""
+def cost_lines(cost: Cost, fidelity: Fidelity) -> list[str]:
+    """The before/after table, the fidelity and the written path of a lossy command."""
     before = report.summary_metrics(cost.before.stats, cost.before.median_ms)
     after = report.summary_metrics(cost.after.stats, cost.after.median_ms)
-    fidelity = cost.fidelity
     agreement = "-" if fidelity.top1_agreement is None else f"{100 * fidelity.top1_agreement:.1f} %"
     hint = " (random inputs: pass --data with real samples for a meaningful fidelity)" if cost.inputs.random else ""
     return [
@@ -76,3 +80,17 @@ def cost_lines(cost) -> list[str]:
         f"fidelity on {cost.inputs.source}: cosine {fidelity.cosine:.4f}, top-1 agreement {agreement}{hint}",
         f"wrote {cost.destination}",
     ]
+
+
+FLAGS = {"count": "--blocks", "global_ranking": "--global", "lam": "--lambda"}
+"""Library parameter names whose flag is not the parameter with dashes (``flops_target`` -> ``--flops-target``)."""
+
+
+def flag(option: str) -> str:
+    """The command-line spelling of a library parameter name."""
+    return FLAGS.get(option, "--" + option.replace("_", "-"))
+
+
+def flagged(error: OnnxPruneError) -> str:
+    """An error's message, with the options it names spelled as flags."""
+    return error.render(flag) if isinstance(error, OptionError) else str(error)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 
 from onnxprune import api, channels
-from onnxprune.api import layers as layer_pruning
 from onnxprune.channels import importance, policy
 from onnxprune.cli import report
 from onnxprune.cli.blocks import joint_text
@@ -75,7 +74,7 @@ def _prune(args: argparse.Namespace) -> int:
 def _prune_layers_too(args: argparse.Namespace, config: policy.PolicyConfig) -> int:
     if args.fuse:
         raise InputError("--fuse is not available with --layers")
-    outcome = layer_pruning.joint_prune_file(
+    outcome = api.joint_prune_file(
         args.input, args.output, layers=args.layers, min_channels=args.min_channels, data_source=data_source(args),
         input_shapes=data.parse_input_shapes(args.input_shape), runs=args.runs, threads=args.threads,
         criterion=args.criterion, config=config, criterion_options=_criterion_options(args),
@@ -95,7 +94,7 @@ def _criterion_options(args: argparse.Namespace) -> dict:
 def _prune_text(outcome: api.PruneOutcome) -> str:
     removed = sum(outcome.removed.values())
     total = sum(outcome.group_sizes[g] for g in outcome.removed) if outcome.removed else 0
-    *measured, wrote = cost_lines(outcome.cost)
+    *measured, wrote = cost_lines(outcome.cost, outcome.fidelity)
     return "\n".join([
         f"criterion {outcome.criterion}: removed {removed} channels in {len(outcome.removed)} groups "
         f"({removed}/{total} of their channels) in {outcome.cost.seconds:.2f} s",
@@ -109,7 +108,7 @@ def _prune_text(outcome: api.PruneOutcome) -> str:
 def _fusion_line(outcome: api.PruneOutcome) -> list[str]:
     if outcome.unfused is None:
         return []
-    before, after = outcome.unfused.cosine, outcome.cost.fidelity.cosine
+    before, after = outcome.unfused.cosine, outcome.fidelity.cosine
     return [f"information fusion: cosine {before:.4f} without -> {after:.4f} with ({after - before:+.4f})"]
 
 

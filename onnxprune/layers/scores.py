@@ -34,8 +34,9 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels import policy
-from onnxprune.core.errors import InputError
+from onnxprune.core.errors import OptionError
 from onnxprune.core.graph import constant_value
+from onnxprune.core.layout import weight_layout
 from onnxprune.layers import surgery as bypass_blocks
 from onnxprune.layers.units import WEIGHTED_OPS, Block
 from onnxprune.measure import verify
@@ -51,7 +52,7 @@ def score_blocks(graph: gs.Graph, blocks: Sequence[Block], score: str = "bn", fe
     """Score of every unit by name. Data scores need ``feeds``; ``options`` go to the scorer."""
     scorer = _scorer(score)
     if score in DATA_SCORES and not feeds:
-        raise InputError(f"--score {score} needs calibration data (--data)")
+        raise OptionError(f"{{}} {score} needs calibration data ({{}})", "score", "data")
     return scorer(graph, blocks, feeds=feeds, **options)
 
 
@@ -100,11 +101,11 @@ def _gain(nodes: Mapping[str, gs.Node], names: Sequence[str]) -> float | None:
     gammas = [constant_value(n.inputs[1]) for n in chain if n.op == "BatchNormalization"]
     if gammas and gammas[-1] is not None:
         return float(np.abs(gammas[-1]).mean())
-    weighted = [i for i, n in enumerate(chain) if n.op in WEIGHTED_OPS and _filters(n) is not None]
+    weighted = [(i, rows) for i, n in enumerate(chain) if n.op in WEIGHTED_OPS and (rows := _filters(n)) is not None]
     if not weighted:
         return None if any(n.op in WEIGHTED_OPS for n in chain) else 1.0
-    last = weighted[-1]
-    gain = float(np.linalg.norm(_filters(chain[last]), axis=1).mean())
+    last, rows = weighted[-1]
+    gain = float(np.linalg.norm(rows, axis=1).mean())
     for node in chain[last + 1:]:
         scale = _layer_scale(node)
         if scale is not None:
@@ -113,17 +114,10 @@ def _gain(nodes: Mapping[str, gs.Node], names: Sequence[str]) -> float | None:
 
 
 def _filters(node: gs.Node) -> np.ndarray | None:
-    """One row per output channel of a weighted node's constant weight."""
-    weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-    if weight is None or weight.ndim < 2:
-        return None
-    if node.op == "Conv":
-        return weight.reshape(weight.shape[0], -1)
-    if node.op == "ConvTranspose":  # [Cin, Cout/group, k...]
-        return np.moveaxis(weight, 1, 0).reshape(weight.shape[1], -1)
-    if node.op == "Gemm" and node.attrs.get("transB", 0):
-        return weight
-    return weight.reshape(-1, weight.shape[-1]).T  # Gemm B or MatMul's [..., K, N]
+    """One row per output channel of a weighted node's constant weight: its filter."""
+    layout = weight_layout(node)
+    weight = None if layout is None else constant_value(node.inputs[1])
+    return None if layout is None or weight is None else layout.filter_rows(weight)
 
 
 def _layer_scale(node: gs.Node) -> np.ndarray | None:
@@ -186,7 +180,7 @@ def end_to_end_scores(graph: gs.Graph, blocks: Sequence[Block], feeds: Feeds, me
                       **_) -> dict[str, float]:
     """Output change when each unit alone is bypassed (``metric``: kl, top1 or l2)."""
     if metric not in METRICS:
-        raise InputError(f"--metric {metric!r} is unknown; known: {', '.join(METRICS)}")
+        raise OptionError(f"{{}} {metric!r} is unknown; known: {', '.join(METRICS)}", "metric")
     reference = verify.run(gs.export_onnx(graph, do_type_check=False), feeds)
     scores = {}
     for block in blocks:
@@ -238,5 +232,5 @@ DATA_SCORES = ("data", "data-e2e")
 
 def _scorer(score: str) -> Scorer:
     if score not in SCORERS:
-        raise InputError(f"--score {score!r} is unknown; known: {', '.join(SCORES)}")
+        raise OptionError(f"{{}} {score!r} is unknown; known: {', '.join(SCORES)}", "score")
     return SCORERS[score]

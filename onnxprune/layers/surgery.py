@@ -25,12 +25,10 @@ gone, the body changed, shapes that would differ — is left alone with the reas
 from __future__ import annotations
 
 import logging
-import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.errors import InputError
 from onnxprune.core.graph import Skip, consumers, infer_shapes, is_graph_output, unique_name
 from onnxprune.layers.units import Block, match_unit, node_order
 from onnxprune.passes.base import PassReport
@@ -40,7 +38,7 @@ log = logging.getLogger(__name__)
 NAME = "bypass_blocks"
 
 
-def run(graph: gs.Graph, blocks: Sequence[Block], **options) -> PassReport:
+def run(graph: gs.Graph, blocks: Sequence[Block]) -> PassReport:
     """Bypass every unit of ``blocks`` that still proves legal; the report says which and why not.
 
     Leaves the graph cleaned, sorted and shape-inferred (the state ``pipeline.prepare`` gives).
@@ -89,75 +87,3 @@ def _apply(graph: gs.Graph, add: gs.Node, found: Block, block: Block) -> str:
                     consumer.inputs[index] = shortcut
     return (f"{block.name}: {found.kind} unit of {len(found.body)} nodes bypassed, "
             f"'{output.name}' := '{shortcut.name}' (-{block.macs} MACs)")
-
-
-
-# --- selection --------------------------------------------------------------------------------
-
-
-def select_blocks(
-    blocks: Sequence[Block],
-    scores: Mapping[str, float] | None = None,
-    count: int | None = None,
-    flops_target: float | None = None,
-    names: Sequence[str] | None = None,
-    total_macs: int | None = None,
-) -> list[Block]:
-    """The units to bypass, in topological order; exactly one of ``count``, ``flops_target``, ``names``.
-
-    ``count`` N: the N lowest-scored units (higher score = more important; unscored (NaN) units go
-    last). ``flops_target`` F: the lowest-scored units until the model keeps at most F of
-    ``total_macs`` (each unit saves its ``macs``). ``names``: those units, by name or Add name.
-    Impossible requests are an InputError.
-    """
-    given = [option for option, value in (("--blocks", count), ("--flops-target", flops_target),
-                                          ("--names", names)) if value is not None]
-    if len(given) != 1:
-        raise InputError(f"give exactly one of --blocks, --flops-target, --names (got {', '.join(given) or 'none'})")
-    if names is not None:
-        return _by_name(blocks, names)
-    ranked = _ranked(blocks, scores or {})
-    if count is not None:
-        if not 0 <= count <= len(blocks):
-            raise InputError(f"--blocks {count}: the model has {len(blocks)} layer-pruning units")
-        chosen = ranked[:count]
-    else:
-        chosen = _to_target(ranked, flops_target, total_macs)
-    keep = {block.name for block in chosen}
-    return [block for block in blocks if block.name in keep]
-
-
-def _ranked(blocks: Sequence[Block], scores: Mapping[str, float]) -> list[Block]:
-    def key(item: tuple[int, Block]) -> tuple[bool, float, int]:
-        index, block = item
-        score = scores.get(block.name, math.nan)
-        return (math.isnan(score), 0.0 if math.isnan(score) else score, index)
-    return [block for _, block in sorted(enumerate(blocks), key=key)]
-
-
-def _to_target(ranked: Sequence[Block], target: float, total_macs: int | None) -> list[Block]:
-    if not 0 < target <= 1:
-        raise InputError(f"--flops-target {target:g} must be in (0, 1]: the fraction of the model to keep")
-    if not total_macs:
-        raise InputError("--flops-target needs the model's FLOPs, which could not be counted (input shapes unknown?)")
-    budget = total_macs * (1 - target)
-    chosen, saved = [], 0
-    for block in ranked:
-        if saved >= budget - 1e-9 * total_macs:
-            return chosen
-        chosen.append(block)
-        saved += block.macs
-    if saved < budget - 1e-9 * total_macs:
-        raise InputError(f"--flops-target {target:g} is unreachable: bypassing all {len(ranked)} units keeps "
-                         f"{1 - saved / total_macs:.3f} of the FLOPs")
-    return chosen
-
-
-def _by_name(blocks: Sequence[Block], names: Sequence[str]) -> list[Block]:
-    known = {block.name: block for block in blocks} | {block.add: block for block in blocks}
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        shown = ", ".join(block.name for block in blocks[:6]) + (", ..." if len(blocks) > 6 else "")
-        raise InputError(f"no layer-pruning unit named {', '.join(unknown)}; units are: {shown or '(none)'}")
-    wanted = {known[name].name for name in names}
-    return [block for block in blocks if block.name in wanted]

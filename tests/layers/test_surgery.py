@@ -1,4 +1,4 @@
-"""bypass_blocks: the zero-body oracle, the exact MAC drop, refusals, and unit selection.
+"""bypass_blocks: the zero-body oracle, the exact MAC drop and refusals.
 
 The oracle: a unit whose body was made to output exactly 0 (last BN's γ = β = 0, or a zero layer
 scale) computes y = s, so bypassing it must leave the outputs unchanged.
@@ -12,7 +12,6 @@ import pytest
 from onnx import helper
 
 from onnxprune.core.data import resolve_input_shapes
-from onnxprune.core.errors import InputError
 from onnxprune.core.model import to_graph, to_model
 from onnxprune.layers import surgery as bypass_blocks
 from onnxprune.layers.units import find_blocks
@@ -90,44 +89,3 @@ def test_a_unit_bypassed_twice_is_left_alone_the_second_time():
     assert len(bypass_blocks.run(graph, [block]).rewrites) == 1
     report = bypass_blocks.run(graph, [block])
     assert report.rewrites == [] and "not in the graph" in report.skipped[0]
-
-
-# --- selection ----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def units():
-    return find_blocks(prepared(shipped("resnet20_cifar10")))
-
-
-def test_select_by_count_takes_the_lowest_scores_in_graph_order(units):
-    scores = {block.name: float(-i) for i, block in enumerate(units)}  # the last units score lowest
-    chosen = bypass_blocks.select_blocks(units, scores, count=3)
-    assert chosen == units[-3:]
-    assert bypass_blocks.select_blocks(units, scores, count=0) == []
-
-
-def test_select_by_flops_target_meets_it_with_the_fewest_units(units):
-    total = 2 * sum(block.macs for block in units)
-    chosen = bypass_blocks.select_blocks(units, {}, flops_target=0.8, total_macs=total)
-    saved = sum(block.macs for block in chosen)
-    assert total - saved <= 0.8 * total < total - saved + chosen[-1].macs
-
-
-def test_select_by_names(units):
-    chosen = bypass_blocks.select_blocks(units, names=["/layer3/layer3.2", "/layer1/layer1.0/Add"])
-    assert [block.name for block in chosen] == ["/layer1/layer1.0", "/layer3/layer3.2"]
-
-
-@pytest.mark.parametrize("options, message", [
-    ({"count": 40}, "--blocks 40: the model has 9 layer-pruning units"),
-    ({"names": ["/nope"]}, "no layer-pruning unit named /nope"),
-    ({"flops_target": 0.01, "total_macs": 10**9}, "is unreachable"),
-    ({"flops_target": 1.5, "total_macs": 10**9}, "must be in (0, 1]"),
-    ({"count": 1, "names": ["/layer1/layer1.0"]}, "exactly one"),
-    ({}, "exactly one"),
-])
-def test_impossible_selections_are_input_errors(units, options, message):
-    with pytest.raises(InputError) as error:
-        bypass_blocks.select_blocks(units, {}, **options)
-    assert message in str(error.value)

@@ -16,7 +16,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels.analysis import ChannelGroup
-from onnxprune.core.errors import InputError
+from onnxprune.core.errors import InputError, OptionError
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ class Gradient:
 
     def __post_init__(self) -> None:
         if not self.data:
-            raise InputError(f"criterion {self.mode} needs labelled data: pass --data FILE.npz (x_train, y_train)")
+            raise OptionError(f"criterion {self.mode} needs labelled data: {{}} FILE.npz (x_train, y_train)", "data")
 
     def __call__(self, group: ChannelGroup, graph: gs.Graph) -> np.ndarray:
         from onnxprune.channels.importance import FilterScores

@@ -1,0 +1,145 @@
+"""What every file-level workflow shares: the inputs a model is fed, its measurements, and the one
+load -> rewrite -> check -> save path.
+
+Nothing is written unless the check passed, and the output is written atomically, so a failed run
+leaves no file behind; the input file is never modified.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+import numpy as np
+import onnx
+
+from onnxprune.core import data
+from onnxprune.core import model as model_io
+from onnxprune.measure import latency, stats, verify
+
+Feeds = list[dict[str, np.ndarray]]
+Shapes = Mapping[str, Sequence[int]] | None
+PathLike = str | os.PathLike
+
+
+@dataclass
+class Inputs:
+    """How to feed a model: concrete shapes, and the feeds used to verify and time it."""
+
+    shapes: dict[str, tuple[int, ...]]
+    feeds: Feeds
+    source: str
+    random: bool = False
+
+    @classmethod
+    def for_model(
+        cls,
+        model: onnx.ModelProto,
+        input_shapes: Shapes = None,
+        source: data.DataSource | None = None,
+        samples: int = 4,
+        seed: int = 0,
+    ) -> Inputs:
+        shapes = data.resolve_input_shapes(model, input_shapes)
+        if source is not None:
+            return cls(shapes, source.feeds(model, shapes), str(source))
+        return cls(shapes, data.random_feeds(model, shapes, seed=seed, count=samples), f"random (seed {seed})", True)
+
+
+@dataclass
+class Measurement:
+    """Counts and latency of one model, the rows of a before/after table."""
+
+    stats: stats.ModelStats
+    latency: latency.Latency | None = None
+
+    @property
+    def median_ms(self) -> float | None:
+        return self.latency.median_ms if self.latency else None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stats": self.stats.to_dict(), "latency": self.latency.to_dict() if self.latency else None}
+
+
+def measure(model: onnx.ModelProto, inputs: Inputs, path: PathLike | None = None, runs: int = 0,
+            threads: int = 1) -> Measurement:
+    counted = stats.model_stats(model, inputs.shapes, path=str(path) if path else None)
+    timed = latency.measure(model, inputs.feeds[0], runs=runs, threads=threads) if runs else None
+    return Measurement(counted, timed)
+
+
+@dataclass
+class Cost:
+    """What a rewrite cost, measured alike by every command: counts and latency before/after, time taken."""
+
+    source: Path
+    destination: Path
+    inputs: Inputs
+    before: Measurement
+    after: Measurement
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "input": str(self.source),
+            "output": str(self.destination),
+            "inputs": self.inputs.source,
+            "before": self.before.to_dict(),
+            "after": self.after.to_dict(),
+            "seconds": self.seconds,
+        }
+
+
+class Rewritten(Protocol):
+    """The result of a workflow's rewrite step: at least the new model."""
+
+    @property
+    def model(self) -> onnx.ModelProto: ...
+
+
+R = TypeVar("R", bound=Rewritten)
+V = TypeVar("V")
+
+
+def rewrite_file(
+    source: PathLike,
+    destination: PathLike,
+    rewrite: Callable[[onnx.ModelProto, Inputs], R],
+    check: Callable[[onnx.ModelProto, onnx.ModelProto, Inputs], V],
+    input_shapes: Shapes = None,
+    data_source: data.DataSource | None = None,
+    runs: int = 20,
+    threads: int = 1,
+    external_data: bool | None = None,
+) -> tuple[R, V, Cost]:
+    """Load ``source``, ``rewrite`` it, ``check`` the result, save ``destination`` atomically, measure both.
+
+    ``check(original, rewritten, inputs)`` returns its verdict (an equivalence, a fidelity), or
+    raises to stop before anything is written. ``runs`` latency runs per model
+    (0: no timing) with ``threads`` onnxruntime threads, interleaved.
+    """
+    start = time.perf_counter()
+    model_io.ensure_distinct(source, destination)
+    original = model_io.load(source)
+    inputs = Inputs.for_model(original, input_shapes, data_source)
+    result = rewrite(original, inputs)
+    verdict = check(original, result.model, inputs)
+    model_io.check(result.model, destination)
+    seconds = time.perf_counter() - start
+    written = model_io.save(result.model, destination, external_data)
+    before = measure(original, inputs, source)
+    after = measure(result.model, inputs, written)
+    if runs:
+        before.latency, after.latency, _ = latency.compare_latency(
+            original, result.model, inputs.feeds[0], runs=runs, warmup=max(2, runs // 10), threads=threads
+        )
+    return result, verdict, Cost(Path(source), written, inputs, before, after, seconds)
+
+
+def fidelity_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, inputs: Inputs) -> verify.Fidelity:
+    """The check of the lossy workflows: how close the rewritten outputs stay (never refuses)."""
+    return verify.fidelity(original, rewritten, inputs.feeds)
