@@ -2,14 +2,15 @@
 
 Every check onnxprune makes (equivalence, fidelity, latency, MACs) needs concrete input
 shapes and data, so the rules for turning a model's declared inputs plus the user's
-``--input-shape`` / ``--data`` options into arrays live here, in one place.
+input-shape / data options into arrays live here, in one place. How a data file's
+arrays become tensors is :mod:`onnxprune.core.datasets`'s, shared with labelled evaluation;
+this module picks the arrays for the model's inputs and cuts them into feeds.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,17 +18,16 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.core.errors import InputError, UnsupportedModelError
+from onnxprune.core.datasets import Dim, Preprocess, array_names, fit_input, format_shape, read_arrays
+from onnxprune.core.errors import InputError, OptionError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
-
-Dim = int | str | None
 
 #: Chunk size for user data when the model's batch dim is dynamic and no shape says otherwise.
 DEFAULT_DATA_BATCH = 32
 
-#: Key tried first in an ``.npz`` file fed to a single-input model (Keras-style data sets).
-PREFERRED_NPZ_KEY = "x_test"
+#: Keys tried, after the input's own name, for a single-input model (Keras-style data sets; "" is an .npy).
+FALLBACK_KEYS = ("x_test", "x_train", "x", "")
 
 
 @dataclass(frozen=True)
@@ -86,32 +86,27 @@ def parse_input_shapes(items: Sequence[str]) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def _format_shape(shape: Sequence[Dim]) -> str:
-    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
-
-
 def _resolve_one(spec: InputSpec, override: Sequence[int] | None) -> tuple[int, ...]:
     if override is not None:
         if spec.shape is not None and len(override) != len(spec.shape):
             raise InputError(
                 f"input shape for '{spec.name}' has rank {len(override)}, but the model's input "
-                f"is {_format_shape(spec.shape)} (rank {len(spec.shape)})"
+                f"is {format_shape(spec.shape)} (rank {len(spec.shape)})"
             )
         return tuple(int(d) for d in override)
     if spec.shape is None:
-        raise InputError(
-            f"input '{spec.name}' has no declared shape; pass --input-shape {spec.name}:D1,D2,..."
-        )
+        raise OptionError(f"input '{spec.name}' has no declared shape; give {{}} {spec.name}:D1,D2,...", "input_shape")
     dims = list(spec.shape)
     if dims and not isinstance(dims[0], int):
         logger.info("input '%s': dynamic batch dim %r set to 1", spec.name, dims[0])
         dims[0] = 1
-    if all(isinstance(d, int) for d in dims):
-        return tuple(dims)
+    static = [d for d in dims if isinstance(d, int)]
+    if len(static) == len(dims):
+        return tuple(static)
     hint = ",".join(str(d) if isinstance(d, int) else f"<{d or '?'}>" for d in dims)
-    raise InputError(
-        f"input '{spec.name}' has shape {_format_shape(spec.shape)} with dynamic dims; "
-        f"pass --input-shape {spec.name}:{hint}"
+    raise OptionError(
+        f"input '{spec.name}' has shape {format_shape(spec.shape)} with dynamic dims; give {{}} {spec.name}:{hint}",
+        "input_shape",
     )
 
 
@@ -159,100 +154,22 @@ def random_feeds(
     ]
 
 
-def _read_arrays(path: Path) -> dict[str, np.ndarray]:
-    if not path.is_file():
-        raise InputError(f"data file '{path}' not found")
-    if path.suffix.lower() not in (".npz", ".npy"):
-        raise InputError(f"data file '{path}' must be .npz or .npy")
-    try:
-        loaded = np.load(path, allow_pickle=False)
-        if isinstance(loaded, np.ndarray):
-            return {"": loaded}
-        with loaded:
-            return {key: loaded[key] for key in loaded.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"cannot read data file '{path}': {exc}") from exc
-
-
-def _pick_arrays(
-    arrays: dict[str, np.ndarray], specs: list[InputSpec], path: Path
-) -> dict[str, np.ndarray]:
-    """Map file arrays to inputs by name; a single input also takes `x_test` or the only array."""
+def _pick_keys(names: list[str], specs: list[InputSpec], path: Path) -> dict[str, str]:
+    """The file's array for each input: by name; a single input also takes a fallback key or the only array."""
     if len(specs) == 1:
         name = specs[0].name
-        for key in (name, PREFERRED_NPZ_KEY, ""):
-            if key in arrays:
-                return {name: arrays[key]}
-        if len(arrays) == 1:
-            return {name: next(iter(arrays.values()))}
-        raise InputError(
-            f"data file '{path}' has arrays {sorted(arrays)}; "
-            f"name one '{name}' or '{PREFERRED_NPZ_KEY}'"
-        )
-    if "" in arrays:
-        raise InputError(
-            f"data file '{path}' holds one array but the model has {len(specs)} inputs; use .npz"
-        )
-    missing = [s.name for s in specs if s.name not in arrays]
+        for key in (name, *FALLBACK_KEYS):
+            if key in names:
+                return {name: key}
+        if len(names) == 1:
+            return {name: names[0]}
+        raise InputError(f"data file '{path}' has arrays {sorted(names)}; name one '{name}' or '{FALLBACK_KEYS[0]}'")
+    if "" in names:
+        raise InputError(f"data file '{path}' holds one array but the model has {len(specs)} inputs; use .npz")
+    missing = [s.name for s in specs if s.name not in names]
     if missing:
         raise InputError(f"data file '{path}' has no array for input(s) {', '.join(missing)}")
-    return {s.name: arrays[s.name] for s in specs}
-
-
-def _fits(shape: Sequence[int], target: Sequence[Dim]) -> bool:
-    return len(shape) == len(target) and all(
-        not isinstance(t, int) or s == t for s, t in zip(shape, target)
-    )
-
-
-def _to_model_layout(array: np.ndarray, target: tuple[Dim, ...]) -> np.ndarray:
-    """Give image-like data the model's rank and NCHW layout.
-
-    One axis short: a single sample (batch axis added) or, for a 1-channel NCHW input, a
-    batch of grayscale NHW images (channel axis added). A 4-D uint8 array whose last axis
-    is the channel count (and whose axis 1 is not) is NHWC and gets transposed.
-    """
-    channels = target[1] if len(target) == 4 else None
-    if array.ndim == len(target) - 1:
-        if _fits(array.shape, target[1:]):
-            return array[np.newaxis]
-        if channels == 1:
-            return array[:, np.newaxis]
-    if (
-        array.dtype == np.uint8
-        and array.ndim == 4
-        and isinstance(channels, int)
-        and array.shape[-1] == channels
-        and array.shape[1] != channels
-    ):
-        return array.transpose(0, 3, 1, 2)
-    return array
-
-
-def _prepare(spec: InputSpec, array: np.ndarray, target: tuple[Dim, ...]) -> np.ndarray:
-    """Fix the layout, scale uint8 images for float inputs to [0, 1], check the shape, cast."""
-    array = _to_model_layout(array, target)
-    if not _fits(array.shape[1:], target[1:]) or array.ndim != len(target):
-        raise InputError(
-            f"data for input '{spec.name}' has shape {list(array.shape)}, "
-            f"expected {_format_shape(target)}"
-        )
-    if array.dtype == np.uint8 and spec.dtype.kind == "f" and len(target) == 4:
-        logger.info("input '%s': uint8 image data scaled to [0, 1]", spec.name)
-        array = array.astype(np.float32) / 255.0
-    return np.ascontiguousarray(array, dtype=spec.dtype)
-
-
-def channel_stats(values: Sequence[float] | None, channels: int, name: str) -> np.ndarray | None:
-    """Per-channel mean or std shaped to broadcast over NCHW (one value: over everything)."""
-    if values is None:
-        return None
-    values = np.asarray(values, np.float32).reshape(-1)
-    if len(values) not in (1, channels):
-        raise InputError(f"--{name} has {len(values)} values; the model's input has {channels} channel(s)")
-    if name == "std" and np.any(values == 0):
-        raise InputError("--std must not contain 0")
-    return values.reshape((1, -1) + (1,) * 2) if len(values) == channels else values.reshape(1)
+    return {s.name: s.name for s in specs}
 
 
 @dataclass(frozen=True)
@@ -266,8 +183,19 @@ class DataSource:
     def __str__(self) -> str:
         return str(self.path)
 
-    def feeds(self, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | None = None):
+    def feeds(
+        self, model: onnx.ModelProto, shapes: Mapping[str, tuple[int, ...]] | None = None
+    ) -> list[dict[str, np.ndarray]]:
         return load_feeds(self.path, model, shapes, self.mean, self.std)
+
+
+def _target(spec: InputSpec, shapes: Mapping[str, tuple[int, ...]] | None) -> tuple[Dim, ...]:
+    target = tuple(shapes[spec.name]) if shapes and spec.name in shapes else spec.shape
+    if target is None:
+        raise OptionError(f"input '{spec.name}' has no declared shape; give {{}}", "input_shape")
+    if not target:
+        raise UnsupportedModelError(f"input '{spec.name}' is a scalar; cannot split data into batches")
+    return target
 
 
 def load_feeds(
@@ -279,44 +207,27 @@ def load_feeds(
 ) -> list[dict[str, np.ndarray]]:
     """User data from ``.npz`` (one array per input name) or ``.npy`` (single-input models).
 
-    A single-input model takes the array named like its input, else ``x_test``, else the only
-    array. Arrays get the model's layout (see :func:`_to_model_layout`); uint8 data for a
-    4-D float input is image data and is scaled to [0, 1]; then arrays are cast to the input
-    dtype and split along axis 0 into chunks of the batch size: the model's static batch dim,
-    else ``shapes``'s leading dim, else 32. With a static batch dim a partial chunk is dropped.
-    ``mean``/``std`` (per channel, or one value) then normalise 4-D float inputs.
+    A single-input model takes the array named like its input, else ``x_test``, ``x_train``,
+    ``x``, else the only array. Arrays become tensors by the rules of :mod:`onnxprune.core.datasets`
+    (layout, uint8 scaling, ``mean``/``std``, dtype) and are split along axis 0 into chunks of the
+    batch size: the model's static batch dim, else ``shapes``'s leading dim, else 32.
     """
     path = Path(path)
     specs = input_specs(model)
-    picked = _pick_arrays(_read_arrays(path), specs, path)
-    arrays = {}
+    keys = _pick_keys(array_names(path), specs, path)
+    stored = read_arrays(path, set(keys.values()))
+    arrays, steps = {}, {}
     for spec in specs:
-        target = tuple(shapes[spec.name]) if shapes and spec.name in shapes else spec.shape
-        if target is None:
-            raise InputError(f"input '{spec.name}' has no declared shape; pass --input-shape")
-        if not target:
-            raise UnsupportedModelError(
-                f"input '{spec.name}' is a scalar; cannot split data into batches"
-            )
-        arrays[spec.name] = _normalise(_prepare(spec, picked[spec.name], target), mean, std)
+        key = keys[spec.name]
+        where = f"data for input '{spec.name}' ({path}{f': {key!r}' if key else ''})"
+        arrays[spec.name] = fit_input(stored[key], _target(spec, shapes), where)
+        steps[spec.name] = Preprocess.for_input(spec.dtype, arrays[spec.name].shape, mean, std)
     lengths = sorted({len(a) for a in arrays.values()})
     if len(lengths) != 1:
         raise InputError(f"data arrays have different sample counts: {lengths}")
     if lengths[0] == 0:
         raise InputError(f"data file '{path}' holds no samples")
-    return _split(arrays, specs, shapes, lengths[0])
-
-
-def _normalise(array: np.ndarray, mean: Sequence[float] | None, std: Sequence[float] | None) -> np.ndarray:
-    if array.ndim != 4 or array.dtype.kind != "f" or (mean is None and std is None):
-        return array
-    channels = array.shape[1]
-    shift, scale = channel_stats(mean, channels, "mean"), channel_stats(std, channels, "std")
-    if shift is not None:
-        array = array - shift.astype(array.dtype)
-    if scale is not None:
-        array = array / scale.astype(array.dtype)
-    return np.ascontiguousarray(array)
+    return [{n: steps[n](arrays[n][window]) for n in arrays} for window in _windows(specs, shapes, lengths[0])]
 
 
 def _batch_size(spec: InputSpec, shapes: Mapping[str, tuple[int, ...]] | None) -> int:
@@ -327,13 +238,9 @@ def _batch_size(spec: InputSpec, shapes: Mapping[str, tuple[int, ...]] | None) -
     return DEFAULT_DATA_BATCH
 
 
-def _split(
-    arrays: dict[str, np.ndarray],
-    specs: list[InputSpec],
-    shapes: Mapping[str, tuple[int, ...]] | None,
-    samples: int,
-) -> list[dict[str, np.ndarray]]:
-    """Chunks along axis 0; a static batch dim needs full chunks, so a remainder is dropped."""
+def _windows(specs: list[InputSpec], shapes: Mapping[str, tuple[int, ...]] | None, samples: int) -> list[slice]:
+    """Chunks along axis 0. A static batch dim takes full chunks only, so its remainder is dropped:
+    zero padding would put made-up samples into verification and calibration."""
     batch = _batch_size(specs[0], shapes)
     if specs[0].shape and isinstance(specs[0].shape[0], int):
         if samples < batch:
@@ -341,4 +248,4 @@ def _split(
         if samples % batch:
             logger.warning("dropping %d samples to fill batches of %d", samples % batch, batch)
         samples -= samples % batch
-    return [{n: a[i : i + batch] for n, a in arrays.items()} for i in range(0, samples, batch)]
+    return [slice(i, i + batch) for i in range(0, samples, batch)]

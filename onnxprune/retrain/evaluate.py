@@ -1,17 +1,16 @@
 """Labelled data sets and top-1/top-5 accuracy with onnxruntime (no torch needed here).
 
 Data come from ``.npz`` files with keys ``x_train``/``y_train`` (training) and ``x_test``/``y_test``
-(evaluation); images may be NHW, NHWC or NCHW, uint8 or float. The preprocessing spec is fixed
-and small: uint8 pixels are scaled to [0, 1], NHWC arrays are transposed when the model's channel
-count says so, then ``mean``/``std`` are applied per channel. Images stay in their stored dtype
-and are converted batch by batch, so a data set costs its file size in memory, not four times it.
+(evaluation). Images become inputs by the rules of :mod:`onnxprune.core.datasets`, the same ones
+``prune --data`` feeds are built by; this module adds the labels, their checks and the accuracy.
+Evaluation covers every image: the last partial batch is run too, zero-padded only for a model
+whose batch dim is static, and the padding rows' outputs are discarded.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import zipfile
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,7 +20,8 @@ import onnx
 from tqdm import tqdm
 
 from onnxprune.core import data
-from onnxprune.core.errors import InputError
+from onnxprune.core.datasets import Dim, Preprocess, array_names, fit_input, read_arrays
+from onnxprune.core.errors import InputError, OptionError
 from onnxprune.measure import verify
 
 log = logging.getLogger(__name__)
@@ -31,28 +31,19 @@ SPLITS = ("train", "test")
 
 @dataclass
 class LabelledData:
-    """Images in the model's layout (stored dtype), int64 labels, and how to turn them into inputs."""
+    """Images in the model's layout (stored dtype), int64 labels, and the steps that make images inputs."""
 
     images: np.ndarray
     labels: np.ndarray
-    scale: float = 1.0
-    mean: np.ndarray | None = None
-    std: np.ndarray | None = None
+    preprocess: Preprocess = Preprocess()
     source: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def inputs(self, index: slice | np.ndarray = slice(None)) -> np.ndarray:
-        """Float32 model inputs for ``index``: scaled, then normalised."""
-        x = np.asarray(self.images[index], dtype=np.float32)
-        if self.scale != 1.0:
-            x = x * np.float32(self.scale)
-        if self.mean is not None:
-            x = x - self.mean
-        if self.std is not None:
-            x = x / self.std
-        return np.ascontiguousarray(x, dtype=np.float32)
+        """Model inputs for ``index``: scaled, normalised and cast like every other path's feeds."""
+        return self.preprocess(self.images[index])
 
     def batches(self, size: int) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """(inputs, labels) in file order, the last batch possibly shorter."""
@@ -61,29 +52,20 @@ class LabelledData:
             yield self.inputs(window), self.labels[window]
 
 
-def _read_npz(path: Path, wanted: Sequence[str] | None = None) -> dict[str, np.ndarray]:
-    """The arrays named in ``wanted`` that ``path`` holds (all names, no data, when None)."""
-    if not path.is_file():
-        raise InputError(f"data file '{path}' not found")
+def _check_npz(path: Path) -> None:
     if path.suffix.lower() != ".npz":
         raise InputError(f"data file '{path}' must be an .npz with x_train/y_train and/or x_test/y_test arrays")
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            if wanted is None:
-                return dict.fromkeys(archive.files)
-            return {key: archive[key] for key in wanted if key in archive.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"cannot read data file '{path}': {exc}") from exc
 
 
 def available_splits(path: str | os.PathLike) -> set[str]:
     """The splits ``path`` holds both arrays of (``x_<split>`` and ``y_<split>``)."""
-    keys = set(_read_npz(Path(path)))  # names only
+    _check_npz(Path(path))
+    keys = set(array_names(path))
     return {split for split in SPLITS if {f"x_{split}", f"y_{split}"} <= keys}
 
 
-def model_input(model: onnx.ModelProto, shape: Sequence[int] | None = None) -> tuple[str, tuple]:
-    """The single float input's name and shape (``shape`` overrides the declared one)."""
+def model_input(model: onnx.ModelProto, shape: Sequence[int] | None = None) -> tuple[data.InputSpec, tuple[Dim, ...]]:
+    """The single float input and its shape (``shape`` overrides the declared one)."""
     specs = data.input_specs(model)
     if len(specs) != 1:
         raise InputError(f"labelled data needs a model with one input; this one has {len(specs)}")
@@ -92,34 +74,14 @@ def model_input(model: onnx.ModelProto, shape: Sequence[int] | None = None) -> t
         raise InputError(f"input '{spec.name}' is {spec.dtype}; labelled image data needs a float input")
     target = tuple(shape) if shape is not None else spec.shape
     if target is None:
-        raise InputError(f"input '{spec.name}' has no declared shape; pass --input-shape")
-    return spec.name, target
+        raise OptionError(f"input '{spec.name}' has no declared shape; give {{}}", "input_shape")
+    return spec, target
 
 
 def model_classes(model: onnx.ModelProto) -> int | None:
     """The class count from the first output's last dim, when it is declared."""
     dims = model.graph.output[0].type.tensor_type.shape.dim
     return dims[-1].dim_value if dims and dims[-1].HasField("dim_value") else None
-
-
-def _fits(shape: Sequence[int], target: Sequence) -> bool:
-    return len(shape) == len(target) and all(not isinstance(t, int) or s == t for s, t in zip(shape, target))
-
-
-def _to_layout(images: np.ndarray, target: tuple, key: str, path: Path) -> np.ndarray:
-    """NHW -> N1HW for one-channel models; NHWC -> NCHW when the channel count says so."""
-    stored = list(images.shape)
-    channels = target[1] if len(target) == 4 and isinstance(target[1], int) else None
-    if images.ndim == 3 and len(target) == 4 and channels in (1, None):
-        images = images[:, np.newaxis]
-    last_is_channel = images.shape[-1] == channels if channels is not None else images.shape[-1] in (1, 3)
-    if images.ndim == 4 and len(target) == 4 and not _fits(images.shape[1:], target[1:]) and last_is_channel:
-        images = images.transpose(0, 3, 1, 2)
-    if images.ndim != len(target) or not _fits(images.shape[1:], target[1:]):
-        expected = "[" + ", ".join(str(d) if isinstance(d, int) else "?" for d in target) + "]"
-        raise InputError(f"{path}: '{key}' has shape {stored}; the model's input is {expected} "
-                         "(NCHW; NHWC and NHW images are transposed to it)")
-    return images
 
 
 def _labels(values: np.ndarray, count: int, key: str, path: Path, classes: int | None) -> np.ndarray:
@@ -158,25 +120,23 @@ def load_labelled(path: str | os.PathLike, model: onnx.ModelProto, split: str = 
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
     path = Path(path)
+    _check_npz(path)
     x_key, y_key = f"x_{split}", f"y_{split}"
-    arrays = _read_npz(path, (x_key, y_key))
-    missing = [key for key in (x_key, y_key) if key not in arrays]
+    names = array_names(path)
+    missing = [key for key in (x_key, y_key) if key not in names]
     if missing:
         raise InputError(f"{path}: no {' or '.join(repr(k) for k in missing)} array (it has: "
-                         f"{', '.join(sorted(_read_npz(path))) or 'nothing'}); training reads x_train/y_train, "
+                         f"{', '.join(sorted(names)) or 'nothing'}); training reads x_train/y_train, "
                          "evaluation x_test/y_test")
-    _, target = model_input(model, input_shape)
-    images = _to_layout(arrays[x_key], target, x_key, path)
+    arrays = read_arrays(path, (x_key, y_key))
+    spec, target = model_input(model, input_shape)
+    images = fit_input(arrays[x_key], target, f"{path}: {x_key!r}")
     labels = _labels(arrays[y_key], len(images), y_key, path, model_classes(model))
     if limit is not None:
         images, labels = images[:limit], labels[:limit]
     if not len(labels):
         raise InputError(f"{path}: '{x_key}' holds no samples")
-    channels = images.shape[1] if images.ndim == 4 else 1
-    return LabelledData(
-        images, labels, 1 / 255 if images.dtype == np.uint8 else 1.0,
-        data.channel_stats(mean, channels, "mean"), data.channel_stats(std, channels, "std"), f"{path}:{x_key}",
-    )
+    return LabelledData(images, labels, Preprocess.for_input(spec.dtype, images.shape, mean, std), f"{path}:{x_key}")
 
 
 @dataclass(frozen=True)

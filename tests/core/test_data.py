@@ -1,4 +1,4 @@
-"""Input specs, shape resolution, random feeds and user data loading."""
+"""Input specs, shape resolution, random feeds and user data loading (feeds and labelled data alike)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from onnxprune.core.data import (
+    DataSource,
     InputSpec,
     input_specs,
     load_feeds,
@@ -18,6 +19,7 @@ from onnxprune.core.data import (
     resolve_input_shapes,
 )
 from onnxprune.core.errors import InputError
+from onnxprune.retrain.evaluate import evaluate, load_labelled
 
 
 def identity_model(inputs: dict[str, tuple[int, list | None]]) -> onnx.ModelProto:
@@ -68,7 +70,7 @@ def test_resolve_defaults_dynamic_batch_to_one(caplog):
 
 
 def test_resolve_raises_on_dynamic_spatial_dims():
-    with pytest.raises(InputError, match=r"'x' has shape \[N, 3, H, \?\].*--input-shape x:1,3,"):
+    with pytest.raises(InputError, match=r"'x' has shape \[N, 3, H, \?\].*give input_shape x:1,3,"):
         resolve_input_shapes(image_model(["N", 3, "H", None]))
 
 
@@ -185,3 +187,66 @@ def test_load_multi_input_needs_named_arrays(tmp_path):
     np.save(tmp_path / "one.npy", np.ones((3, 2)))
     with pytest.raises(InputError, match="use .npz"):
         load_feeds(tmp_path / "one.npy", model)
+
+
+def test_load_errors_are_one_line(tmp_path):
+    model = image_model([1, 3, 4, 4])
+    np.savez(tmp_path / "whole.npz", x=np.ones((1, 3, 4, 4)))
+    (tmp_path / "cut.npz").write_bytes((tmp_path / "whole.npz").read_bytes()[:100])
+    np.save(tmp_path / "objects.npy", np.array([{}], dtype=object), allow_pickle=True)
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    for name in ("cut.npz", "objects.npy", "junk.npy"):
+        with pytest.raises(InputError, match=f"cannot read data file .*{name}") as raised:
+            load_feeds(tmp_path / name, model)
+        assert "\n" not in str(raised.value)
+
+
+def test_load_single_input_falls_back_to_x_train(tmp_path):
+    np.savez(tmp_path / "d.npz", x_train=np.ones((2, 3, 4, 4)), y_train=np.zeros(2))
+    (feed,) = load_feeds(tmp_path / "d.npz", image_model(["N", 3, 4, 4]))
+    assert feed["x"].shape == (2, 3, 4, 4)
+
+
+def test_uint8_and_mean_std_apply_to_any_float_input(tmp_path):
+    np.save(tmp_path / "d.npy", np.full((2, 6), 255, np.uint8))
+    (feed,) = load_feeds(tmp_path / "d.npy", image_model(["N", 6]), mean=[0.5], std=[0.25])
+    np.testing.assert_array_equal(feed["x"], np.full((2, 6), 2.0, np.float32))
+
+
+NCHW = np.random.default_rng(1).integers(0, 256, (70, 3, 4, 5), dtype=np.uint8)
+LAYOUTS = {
+    "uint8_nhwc": NCHW.transpose(0, 2, 3, 1),
+    "float32_nhwc": NCHW.transpose(0, 2, 3, 1).astype(np.float32) / 255,
+    "float32_nchw": NCHW.astype(np.float32) / 255,
+}
+NORMALISATIONS = {"plain": (None, None), "mean_std": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])}
+
+
+@pytest.mark.parametrize("normalisation", sorted(NORMALISATIONS))
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_feeds_and_labelled_data_build_identical_tensors(layout, normalisation, tmp_path):
+    """prune --data and evaluate/finetune --data read one file the same way."""
+    mean, std = NORMALISATIONS[normalisation]
+    path = tmp_path / "d.npz"
+    np.savez(path, x_test=LAYOUTS[layout], y_test=np.arange(70) % 3)
+    model = image_model(["N", 3, 4, 5])
+    feeds = np.concatenate([f["x"] for f in DataSource(path, mean, std).feeds(model)])
+    labelled = load_labelled(path, model, mean=mean, std=std)
+    assert feeds.dtype == np.float32 and feeds.shape == (70, 3, 4, 5)
+    np.testing.assert_array_equal(feeds, labelled.inputs())
+    np.testing.assert_array_equal(feeds, np.concatenate([x for x, _ in labelled.batches(32)]))
+    expected = NCHW / 255.0
+    if mean is not None:
+        expected = (expected - np.reshape(mean, (1, 3, 1, 1))) / np.reshape(std, (1, 3, 1, 1))
+    np.testing.assert_allclose(feeds, expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("batch", ["N", 4])
+def test_evaluation_counts_every_image(batch, tmp_path):
+    """10 images in batches of 4: the last 2 are run (padded for a static batch), not dropped."""
+    labels = np.arange(10) % 3
+    path = tmp_path / "d.npz"
+    np.savez(path, x_test=np.eye(3, dtype=np.float32)[labels], y_test=labels)
+    model = identity_model({"x": (TensorProto.FLOAT, [batch, 3])})
+    accuracy = evaluate(model, load_labelled(path, model), batch_size=4)
+    assert (accuracy.count, accuracy.top1) == (10, 1.0)
