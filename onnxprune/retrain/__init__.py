@@ -1,8 +1,9 @@
 """Retraining round-trip: the only place onnxprune uses torch (the ``[train]`` extra).
 
-The ONNX graph stays the source of truth. :mod:`.executor` runs it as a torch module whose
-parameters are the graph's float initializers, keyed by name; :mod:`.train` fine-tunes it (with
-optional distillation) or sparse-trains its BatchNorm scales (L1 or polarization);
+The ONNX graph stays the source of truth. :mod:`.interpreter` runs it as a torch module whose
+parameters are the graph's float initializers, keyed by name, with one kernel per op type from
+:mod:`.kernels`; :mod:`.train` fine-tunes it (with optional distillation) or sparse-trains its
+BatchNorm scales (L1 or polarization);
 :mod:`.gradients` scores output channels from gradients (Taylor, GDP); :mod:`.writeback` puts the
 trained values back into a copy of the model, leaving everything else bit-identical.
 :mod:`.evaluate` (labelled data, top-1/top-5 with onnxruntime) needs no torch.
@@ -17,8 +18,8 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "OnnxModule": "executor",
-    "check_supported": "executor",
+    "OnnxModule": "interpreter",
+    "check_supported": "interpreter",
     "write_back": "writeback",
     "TrainConfig": "train",
     "Sparsity": "train",
@@ -32,7 +33,6 @@ _EXPORTS = {
     "load_labelled": "evaluate",
     "Accuracy": "evaluate",
 }
-
 
 
 def __dir__() -> list[str]:

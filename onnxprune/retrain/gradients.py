@@ -1,10 +1,10 @@
 """Per-output-channel importance from gradients, for the channel pruner's ``taylor``/``gradient``.
 
-- ``taylor`` (seed 002, filter elasticity): I_j = Σ_batches |∂L/∂α_j · α_j|, where α is the
+- ``taylor`` (filter elasticity, Li, Zhu & Liu 2024): I_j = Σ_batches |∂L/∂α_j · α_j|, where α is the
   BatchNormalization scale γ that directly follows the layer (the layer's output has no other
   reader), or else a virtual unit scale multiplied onto the layer's output channel (α = 1, so the
   score is |Σ_{n,h,w} ∂L/∂y · y| per channel: the first-order loss change of removing it).
-- ``gradient`` (seed 004, GDP): I_j = Σ_batches Σ_{filter j} |∂L/∂W|, or with ``times_weight``
+- ``gradient`` (GDP, Wang et al. 2020): I_j = Σ_batches Σ_{filter j} |∂L/∂W|, or with ``times_weight``
   the Taylor form Σ |∂L/∂W · W|.
 
 L is the cross-entropy on labelled data, run in eval mode (BN uses its running statistics, so
@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from onnxprune.core.errors import InputError
 from onnxprune.retrain.evaluate import LabelledData
-from onnxprune.retrain.executor import Node, OnnxModule
+from onnxprune.retrain.interpreter import Node, OnnxModule
 from onnxprune.retrain.train import resolve_device
 
 log = logging.getLogger(__name__)
@@ -160,10 +160,10 @@ def channel_scores(model: onnx.ModelProto, labelled: LabelledData, criterion: st
 
 
 def taylor_scores(model: onnx.ModelProto, labelled: LabelledData, **options) -> dict[str, np.ndarray]:
-    """Seed 002's filter elasticity |∂L/∂α · α| per output channel (see :func:`channel_scores`)."""
+    """Li, Zhu & Liu's filter elasticity |∂L/∂α · α| per output channel (see :func:`channel_scores`)."""
     return channel_scores(model, labelled, "taylor", **options)
 
 
 def gradient_scores(model: onnx.ModelProto, labelled: LabelledData, **options) -> dict[str, np.ndarray]:
-    """Seed 004's GDP: accumulated |∂L/∂W| (or |∂L/∂W · W|) per filter (see :func:`channel_scores`)."""
+    """Wang et al.'s GDP: accumulated |∂L/∂W| (or |∂L/∂W · W|) per filter (see :func:`channel_scores`)."""
     return channel_scores(model, labelled, "gradient", **options)

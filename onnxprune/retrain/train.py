@@ -1,13 +1,13 @@
 """Fine-tuning and sparse training of an ONNX model through the torch executor.
 
-The model is run by :class:`~onnxprune.retrain.executor.OnnxModule`, trained with cross-entropy
+The model is run by :class:`~onnxprune.retrain.interpreter.OnnxModule`, trained with cross-entropy
 (optionally distilled from a teacher ONNX model), and written back into a copy of the original
 ModelProto: the graph never changes, only initializer values do.
 
 Sparse training adds a penalty on the BatchNormalization scales γ (all of them, network-wide):
 
 - ``l1`` (network slimming, Liu et al. 2017): λ·Σ|γ|;
-- ``polarization`` (seed 001, Zhuang et al. 2020): λ·Σ(t·|γ| − |γ − γ̄|), γ̄ the mean of all γ,
+- ``polarization`` (Zhuang et al. 2020): λ·Σ(t·|γ| − |γ − γ̄|), γ̄ the mean of all γ,
   with every γ clamped to [0, a] before training and after each optimizer step. The first term
   pulls scales to 0, the second pushes them away from the mean: they split into two clusters.
 
@@ -38,9 +38,9 @@ from onnx import numpy_helper
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from onnxprune.core.errors import InputError
+from onnxprune.core.errors import InputError, OptionError
 from onnxprune.retrain.evaluate import LabelledData, check_label_range
-from onnxprune.retrain.executor import OnnxModule
+from onnxprune.retrain.interpreter import OnnxModule
 from onnxprune.retrain.writeback import write_back
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class TrainConfig:
         if self.epochs < 1 or self.batch_size < 1:
             raise InputError("epochs and batch size must be at least 1")
         if self.resume and not self.checkpoint:
-            raise InputError("--resume needs --checkpoint DIR")
+            raise OptionError("{} needs {} DIR", "resume", "checkpoint")
 
     @property
     def learning_rate(self) -> float:
@@ -175,7 +175,7 @@ def resolve_device(name: str, local_rank: int = 0) -> torch.device:
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise InputError(f"--device {name}: CUDA is not available (torch {torch.__version__} sees no GPU)")
+            raise OptionError(f"{{}} {name}: CUDA is not available (torch {torch.__version__} sees no GPU)", "device")
         return torch.device("cuda", local_rank) if name == "cuda" else torch.device(name)
     if name != "cpu":
         raise InputError(f"unknown device '{name}'; use cpu, cuda, cuda:N or auto")
@@ -348,7 +348,8 @@ class Trainer:
             return 0
         state = torch.load(path, map_location=self.device, weights_only=True)
         if state["fingerprint"] != fingerprint(self.model):
-            raise InputError(f"checkpoint {path} was written for a different model; remove it or use another --checkpoint")
+            raise OptionError(f"checkpoint {path} was written for a different model; remove it or use another {{}}",
+                              "checkpoint")
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -415,7 +416,7 @@ PruneStep = Callable[[onnx.ModelProto, int], "onnx.ModelProto | None"]
 def iterative_pruning(model: onnx.ModelProto, prune_step: PruneStep, train: LabelledData,
                       config: TrainConfig | None = None, val: LabelledData | None = None,
                       rounds: int = 10) -> tuple[onnx.ModelProto, list[list[EpochStats]]]:
-    """Seed 002's loop: prune a fraction, fine-tune briefly, repeat until ``prune_step`` returns
+    """Li, Zhu & Liu's loop: prune a fraction, fine-tune briefly, repeat until ``prune_step`` returns
     None (target met) or ``rounds`` are done. Each round checkpoints into ``<checkpoint>/round<r>``."""
     config = config or TrainConfig()
     histories = []

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from onnxprune.core.errors import InputError
-from onnxprune.retrain.executor import OnnxModule
+from onnxprune.retrain.interpreter import OnnxModule
 from onnxprune.retrain.train import (
     Sparsity,
     TrainConfig,
@@ -157,7 +157,7 @@ def test_bad_options_are_input_errors():
         TrainConfig(optimizer="lion")
     with pytest.raises(InputError, match="unknown augmentation"):
         TrainConfig(augment=("rotate",))
-    with pytest.raises(InputError, match="--resume needs --checkpoint"):
+    with pytest.raises(InputError, match="resume needs checkpoint"):
         TrainConfig(resume=True)
     with pytest.raises(InputError, match="unknown regulariser"):
         Sparsity("l2")

@@ -11,7 +11,7 @@ import torch
 from onnx import helper, numpy_helper
 
 from onnxprune.core.errors import InputError
-from onnxprune.retrain.executor import OnnxModule
+from onnxprune.retrain.interpreter import OnnxModule
 from onnxprune.retrain.writeback import changed_initializers, write_back
 from tests.util import make_model, outputs, random_inputs, tensor
 
