@@ -1,7 +1,9 @@
 """``prune``: structured channel pruning of a model or a file, with what it cost.
 
 Clean up (BN kept, so a BN criterion can read γ) -> analyse channel groups -> score -> choose ->
-(fuse) -> cut every coupled tensor -> fold with the exact passes.
+(fuse) -> cut every coupled tensor -> fold with the exact passes. With ``keep_bn`` the
+BatchNormalization nodes stay unfolded, for fine-tuning with batch statistics (train with BN,
+deploy without: ``optimize`` folds them afterwards).
 """
 
 from __future__ import annotations
@@ -27,6 +29,11 @@ from onnxprune.recover import fusion
 
 PRE_PRUNE_PASSES = ("fold_constants", "canonicalize_reshape", "eliminate", "merge_slices", "fuse_pad")
 """Exact clean-ups run before pruning; BN folding waits until after, so a BN criterion can read γ."""
+
+
+def post_prune_passes(keep_bn: bool = False) -> list[str]:
+    """The exact passes run after the cut: all of them, or all but BN folding with ``keep_bn``."""
+    return [name for name in pipeline.REGISTRY if not (keep_bn and name == "fold_batchnorm")]
 
 
 def prepare_for_pruning(graph: gs.Graph) -> list[PassReport]:
@@ -57,6 +64,7 @@ def prune_model(
     fuse: bool = False,
     input_shapes: Shapes = None,
     criterion_options: Mapping[str, Any] | None = None,
+    keep_bn: bool = False,
 ) -> Pruned:
     """Clean up, score channels, choose, (fuse,) cut, then fold. The caller's model is not modified."""
     config = config or policy.PolicyConfig()
@@ -70,7 +78,7 @@ def prune_model(
     if fuse:
         reports.append(fusion.run(graph, channel_graph, remove))
     reports.append(surgery.run(graph, channel_graph, remove))
-    folded, _ = pipeline.run_passes(graph, list(pipeline.REGISTRY))
+    folded, _ = pipeline.run_passes(graph, post_prune_passes(keep_bn))
     reports.extend(folded)
     return Pruned(model_io.to_model(graph, model), remove, channel_graph, reports)
 
@@ -115,6 +123,7 @@ def prune_file(
     runs: int = 20,
     threads: int = 1,
     criterion_options: Mapping[str, Any] | None = None,
+    keep_bn: bool = False,
 ) -> PruneOutcome:
     """Prune ``source`` into ``destination`` and measure what it cost (size, FLOPs, latency, fidelity).
 
@@ -122,13 +131,13 @@ def prune_file(
     """
 
     def rewrite(model: onnx.ModelProto, _: Inputs) -> Pruned:
-        return prune_model(model, criterion, config, fuse, input_shapes, criterion_options)
+        return prune_model(model, criterion, config, fuse, input_shapes, criterion_options, keep_bn)
 
     pruned, fidelity, cost = rewrite_file(source, destination, rewrite, fidelity_check, input_shapes, data_source,
                                           runs, threads)
     unfused = None
     if fuse:
         original = model_io.load(source)
-        plain = prune_model(original, criterion, config, False, input_shapes, criterion_options)
+        plain = prune_model(original, criterion, config, False, input_shapes, criterion_options, keep_bn)
         unfused = verify.fidelity(original, plain.model, cost.inputs.feeds)
     return PruneOutcome(criterion, pruned, fidelity, cost, unfused)

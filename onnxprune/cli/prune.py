@@ -31,13 +31,16 @@ def _add_prune(commands) -> None:
     parser.add_argument("--flops-target", type=float, help="keep this fraction of the FLOPs (e.g. 0.5)")
     parser.add_argument("--params-target", type=float, help="keep this fraction of the parameters")
     parser.add_argument("--threshold", choices=["adaptive"],
-                        help="seed 001: per-group histogram threshold on BN scales")
+                        help="per-group histogram threshold on BN scales (joint-pruning patent)")
     parser.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a group")
     parser.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of N")
     parser.add_argument("--exclude", type=names, default=[], help="comma-separated regexes of layers to keep whole")
-    parser.add_argument("--fuse", action="store_true", help="fuse removed channels into similar kept ones (seed 003)")
+    parser.add_argument("--fuse", action="store_true", help="fuse removed channels into similar kept ones (APBM)")
+    parser.add_argument("--keep-bn", action="store_true",
+                        help="leave BatchNormalization unfolded, to fine-tune with batch statistics next "
+                             "(fold it afterwards with `optimize`)")
     parser.add_argument("--layers", type=int, default=0,
-                        help="seed 001: first bypass the N least important residual units (BN sparsity), "
+                        help="joint pruning: first bypass the N least important residual units (BN sparsity), "
                              "then prune channels")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random criterion")
     parser.add_argument("--runs", type=int, default=20, help="latency runs per model (0: no timing)")
@@ -65,7 +68,7 @@ def _prune(args: argparse.Namespace) -> int:
     outcome = api.prune_file(
         args.input, args.output, criterion=args.criterion, config=config, fuse=args.fuse,
         input_shapes=data.parse_input_shapes(args.input_shape), data_source=data_source(args), runs=args.runs,
-        threads=args.threads, criterion_options=_criterion_options(args),
+        threads=args.threads, criterion_options=_criterion_options(args), keep_bn=args.keep_bn,
     )
     emit(args, outcome.to_dict(), lambda: _prune_text(outcome))
     return 0

@@ -39,6 +39,17 @@ def test_prune_ratio_writes_smaller_model_and_report(model_path, tmp_path, capsy
     assert "removed 128 channels in 7 groups" in text and "cosine" in text
 
 
+def test_keep_bn_leaves_batchnorm_for_finetuning_and_optimize_folds_it_exactly(model_path, tmp_path):
+    kept, folded, again = tmp_path / "kept.onnx", tmp_path / "folded.onnx", tmp_path / "again.onnx"
+    bns = model_stats(onnx.load(model_path)).op_histogram["BatchNormalization"]
+    assert main(["prune", str(model_path), str(kept), "--ratio", "0.5", "--runs", "0", "--keep-bn", "-q"]) == 0
+    assert main(["prune", str(model_path), str(folded), "--ratio", "0.5", "--runs", "0", "-q"]) == 0
+    assert model_stats(onnx.load(kept)).op_histogram["BatchNormalization"] == bns
+    assert main(["optimize", str(kept), str(again), "--runs", "0", "-q"]) == 0
+    assert main(["check", str(folded), str(again), "-q"]) == 0
+    assert model_stats(onnx.load(again)).op_histogram == model_stats(onnx.load(folded)).op_histogram
+
+
 @pytest.mark.parametrize("criterion", ["l2", "bn", "entropy", "random"])
 def test_every_criterion_prunes(model_path, tmp_path, criterion):
     out = tmp_path / "pruned.onnx"
