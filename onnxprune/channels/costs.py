@@ -35,8 +35,9 @@ class CostModel:
     Gemm or MatMul). A node without weights whose output has no axis that can shrink (a ReduceMean
     over channels) scales with its first input's axes instead. With r_d of s_d positions removed on
     axis d, the node keeps ``macs * prod_d (1 - r_d / s_d)``: exact for Conv (output elements x
-    input channels per group x kernel), grouped and depthwise Conv, Gemm, MatMul and ops linear in
-    their channels. A constant keeps ``elements * prod_d (1 - r_d / s_d)`` over its channel axes.
+    input channels per group x kernel), ConvTranspose (input elements x output channels per group x
+    kernel), grouped and depthwise ones, Gemm, MatMul and ops linear in their channels. A constant
+    keeps ``elements * prod_d (1 - r_d / s_d)`` over its channel axes.
     """
 
     def __init__(self, channel_graph: ChannelGraph, stats: ModelStats) -> None:
@@ -125,7 +126,9 @@ def _node_terms(channel_graph: ChannelGraph, stats: ModelStats, by_tensor: dict[
     macs = {cost.name: cost.macs for cost in stats.per_node}
     roles = channel_graph.relations.roles
     prunable = {dim for group in channel_graph.prunable for dim in group.members}
-    base, term, axis = [], [], []
+    base: list[float] = []
+    term: list[int] = []
+    axis: list[int] = []
     for position, node in enumerate(channel_graph.graph.nodes):
         value = macs.get(node.name or f"{node.op}_{position}", 0)
         if not value or not node.outputs:
@@ -146,7 +149,9 @@ def _node_terms(channel_graph: ChannelGraph, stats: ModelStats, by_tensor: dict[
 def _constant_terms(channel_graph: ChannelGraph, by_tensor: dict[str, list[tuple[Dim, int]]]):
     tensors = channel_graph.graph.tensors()
     names = list(dict.fromkeys(name for group in channel_graph.groups for name, _ in group.constants))
-    base, term, axis = [], [], []
+    base: list[float] = []
+    term: list[int] = []
+    axis: list[int] = []
     for name in names:
         value = constant_value(tensors[name]) if name in tensors else None
         if value is None or not np.issubdtype(np.asarray(value).dtype, np.floating):

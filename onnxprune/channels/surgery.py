@@ -46,7 +46,7 @@ NORMS = ("BatchNormalization", "InstanceNormalization", "LayerNormalization")
 ZERO_PRESERVING = ("Add", "Sub", "Mul", "Max", "Min", "Sum", "Mean")  # op(0, 0) == 0 for a zeroed operand
 
 
-def run(graph: gs.Graph, channel_graph: ChannelGraph, remove: Mapping[int, np.ndarray], **options) -> PassReport:
+def run(graph: gs.Graph, channel_graph: ChannelGraph, remove: Mapping[int, np.ndarray]) -> PassReport:
     """Delete the channels ``remove`` maps group ids to (indices within each group) from ``graph``.
 
     Raises InputError for an unknown group, an index out of range, a channel that is not prunable,
@@ -85,6 +85,27 @@ def removed_positions(channel_graph: ChannelGraph, remove: Mapping[int, np.ndarr
     return {dim: np.unique(np.concatenate(parts)) for dim, parts in removed.items()}
 
 
+def kept_channels(channel_graph: ChannelGraph, remove: Mapping[int, np.ndarray]) -> dict[str, np.ndarray]:
+    """Per activation that loses channels, the indices of its channel axis the pruning keeps (sorted).
+
+    What data-driven recovery needs to line a pruned tensor up with its original: position ``i`` of
+    the pruned tensor is position ``kept[name][i]`` of the unpruned one. Only variables with one
+    shrinking axis are listed (constants have several, e.g. a filter's rows and columns); a tensor
+    not listed keeps every channel. Names are those of the graph ``channel_graph`` was computed on.
+    """
+    tensors = channel_graph.graph.tensors()
+    removed = removed_positions(channel_graph, _validate(channel_graph, remove))
+    axes: dict[str, list[Dim]] = {}
+    for dim in removed:
+        if isinstance(tensors.get(dim[0]), gs.Variable):
+            axes.setdefault(dim[0], []).append(dim)
+    return {
+        name: np.setdiff1d(np.arange(channel_graph.relations.sizes[dims[0]]), removed[dims[0]])
+        for name, dims in axes.items()
+        if len(dims) == 1
+    }
+
+
 def zero_channels(graph: gs.Graph, channel_graph: ChannelGraph, remove: Mapping[int, np.ndarray]) -> int:
     """Zero every parameter through which the channels ``remove`` names reach the rest of the graph.
 
@@ -108,7 +129,7 @@ def zero_channels(graph: gs.Graph, channel_graph: ChannelGraph, remove: Mapping[
             if not isinstance(constant, gs.Constant) or not _feeds_channel(group, dim, nodes, constant):
                 continue
             values = np.array(constant.values)
-            index = [slice(None)] * values.ndim
+            index: list[slice | np.ndarray] = [slice(None)] * values.ndim
             index[dim[1]] = group.positions(dim, channels)
             values[tuple(index)] = 0
             constant.values = values

@@ -10,7 +10,8 @@ in float64, so per-channel algebra is written once:
     shift_input(t):   b'[o] = b[o] + sum_{j,k} W[o, j, k] t[c(o, j)]   (exact only without padding)
 
 where ``c(o, j)`` is the input channel that weight column ``j`` of output ``o`` reads (groups).
-``commit`` writes the result back in the node's own layout and dtype.
+``commit`` writes the result back in the node's own layout and dtype; ``onnxprune.core.layout``
+converts between the two.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.core.graph import Skip, constant_value, rank, set_constant
+from onnxprune.core.layout import WeightLayout, layout_of, layout_of_filters
 
 LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
@@ -38,24 +40,22 @@ class LinearOp:
         return self.node.op
 
     @property
+    def layout(self) -> WeightLayout:
+        """The layout of ``weight``: the canonical one, whatever the node's own."""
+        return WeightLayout(tuple(self.weight.shape), out_axis=0, in_axis=1, groups=self.groups)
+
+    @property
     def out_channels(self) -> int:
-        return self.weight.shape[0]
+        return self.layout.out_channels
 
     @property
     def in_channels(self) -> int:
-        return self.weight.shape[1] * self.groups
+        return self.layout.in_channels
 
     @property
     def channel_axis(self) -> int:
         """Axis of the input and output tensors that holds channels (-1: the last one)."""
         return 1 if self.kind in ("Conv", "ConvTranspose") else -1
-
-    def input_channel_index(self) -> np.ndarray:
-        """``[out, in / groups]`` array of the input channel each weight column reads."""
-        per_group_out = self.out_channels // self.groups
-        per_group_in = self.weight.shape[1]
-        group = np.arange(self.out_channels) // per_group_out
-        return group[:, None] * per_group_in + np.arange(per_group_in)[None, :]
 
     def scale_output(self, scale: np.ndarray) -> None:
         self.weight = self.weight * _per_out(scale, self.weight.ndim)
@@ -65,13 +65,13 @@ class LinearOp:
         self.bias = self.bias + shift
 
     def scale_input(self, scale: np.ndarray) -> None:
-        factors = np.asarray(scale, dtype=np.float64)[self.input_channel_index()]
+        factors = np.asarray(scale, dtype=np.float64)[self.layout.filter_inputs()]
         self.weight = self.weight * factors.reshape(factors.shape + (1,) * (self.weight.ndim - 2))
 
     def shift_input(self, shift: np.ndarray) -> None:
         if not self.input_shift_is_exact():
             raise Skip(f"{self.kind} '{self.node.name}' pads its input, so an input shift would change the border")
-        values = np.asarray(shift, dtype=np.float64)[self.input_channel_index()]
+        values = np.asarray(shift, dtype=np.float64)[self.layout.filter_inputs()]
         summed = self.weight.reshape(self.weight.shape[0], self.weight.shape[1], -1).sum(axis=2)
         self.bias = self.bias + (summed * values).sum(axis=1)
 
@@ -134,9 +134,10 @@ def batchnorm_affine(bn: gs.Node) -> tuple[np.ndarray, np.ndarray]:
 
 def _read_conv(node: gs.Node, weight: np.ndarray) -> LinearOp:
     groups = int(node.attrs.get("group", 1))
-    canonical = weight.astype(np.float64)
-    if node.op == "ConvTranspose":
-        canonical = _swap_group_axes(canonical, groups)
+    layout = layout_of(node.op, weight.shape, groups)
+    if layout is None:
+        raise Skip(f"{node.op} '{node.name}' weight of shape {weight.shape} does not split into {groups} groups")
+    canonical = layout.filters(weight.astype(np.float64))
     bias = _bias(node, 2, canonical.shape[0])
     return LinearOp(node, canonical, bias, groups, weight.dtype)
 
@@ -144,21 +145,23 @@ def _read_conv(node: gs.Node, weight: np.ndarray) -> LinearOp:
 def _read_gemm(node: gs.Node, weight: np.ndarray) -> LinearOp:
     if node.attrs.get("transA", 0):
         raise Skip(f"Gemm '{node.name}' transposes its input (transA=1)")
-    if weight.ndim != 2:
+    layout = layout_of("Gemm", weight.shape, trans_b=bool(node.attrs.get("transB", 0)))
+    if layout is None:
         raise Skip(f"Gemm '{node.name}' weight is not 2-D")
-    matrix = weight.astype(np.float64) * float(node.attrs.get("alpha", 1.0))
-    canonical = matrix if node.attrs.get("transB", 0) else matrix.T
+    canonical = layout.filters(weight.astype(np.float64) * float(node.attrs.get("alpha", 1.0)))
     bias = _bias(node, 2, canonical.shape[0]) * float(node.attrs.get("beta", 1.0))
     return LinearOp(node, canonical, bias, 1, weight.dtype)
 
 
 def _read_matmul(node: gs.Node, weight: np.ndarray) -> LinearOp:
-    if weight.ndim != 2:
+    layout = layout_of("MatMul", weight.shape)
+    if layout is None or weight.ndim != 2:
         raise Skip(f"MatMul '{node.name}' weight is not a 2-D constant")
     data_rank = rank(node.inputs[0])
     if data_rank is None or data_rank < 2:
         raise Skip(f"MatMul '{node.name}' input rank is unknown or below 2")
-    return LinearOp(node, weight.astype(np.float64).T, np.zeros(weight.shape[1]), 1, weight.dtype)
+    canonical = layout.filters(weight.astype(np.float64))
+    return LinearOp(node, canonical, np.zeros(canonical.shape[0]), 1, weight.dtype)
 
 
 def _bias(node: gs.Node, index: int, channels: int) -> np.ndarray:
@@ -172,21 +175,21 @@ def _bias(node: gs.Node, index: int, channels: int) -> np.ndarray:
     return np.broadcast_to(value.astype(np.float64).reshape(-1), (channels,)).copy()
 
 
-def _swap_group_axes(weight: np.ndarray, groups: int) -> np.ndarray:
-    """ConvTranspose ``[in, out / g, k]`` <-> canonical ``[out, in / g, k]`` (an involution)."""
-    first, second, kernel = weight.shape[0], weight.shape[1], weight.shape[2:]
-    grouped = weight.reshape(groups, first // groups, second, *kernel).swapaxes(1, 2)
-    return grouped.reshape(groups * second, first // groups, *kernel)
+def _in_node_layout(op: LinearOp, trans_b: bool = False) -> np.ndarray:
+    """``op.weight`` in the layout of a ``op.kind`` weight."""
+    layout = layout_of_filters(op.kind, op.weight.shape, op.groups, trans_b)
+    assert layout is not None, f"{op.kind} has no weight of canonical shape {op.weight.shape}"
+    return layout.from_filters(op.weight)
 
 
 def _write_conv(graph: gs.Graph, op: LinearOp) -> None:
-    weight = _swap_group_axes(op.weight, op.groups) if op.kind == "ConvTranspose" else op.weight
+    weight = _in_node_layout(op)
     set_constant(graph, op.node, 1, weight.astype(op.dtype), f"{op.node.name}.weight")
     set_constant(graph, op.node, 2, op.bias.astype(op.dtype), f"{op.node.name}.bias")
 
 
 def _write_gemm(graph: gs.Graph, op: LinearOp) -> None:
-    weight = op.weight if op.node.attrs.get("transB", 0) else op.weight.T
+    weight = _in_node_layout(op, trans_b=bool(op.node.attrs.get("transB", 0)))
     op.node.attrs["alpha"] = 1.0
     op.node.attrs["beta"] = 1.0
     set_constant(graph, op.node, 1, weight.astype(op.dtype), f"{op.node.name}.weight")
@@ -201,7 +204,7 @@ def _write_matmul(graph: gs.Graph, op: LinearOp) -> None:
         op.node.attrs.update(transB=1)
         _write_gemm(graph, op)
         return
-    set_constant(graph, op.node, 1, op.weight.T.astype(op.dtype), f"{op.node.name}.weight")
+    set_constant(graph, op.node, 1, _in_node_layout(op).astype(op.dtype), f"{op.node.name}.weight")
 
 
 def _per_out(values: np.ndarray, ndim: int) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Scores (``SCORES``; :func:`score_blocks` dispatches by name):
 
-- ``sparsity`` (seed 001, data-free): for every BatchNormalization of the body, δ is the adaptive
+- ``sparsity`` (joint layer/channel pruning (CN patent, Nanjing Univ. 2021), data-free): for every BatchNormalization of the body, δ is the adaptive
   histogram threshold (``policy.adaptive_threshold``, bins ``bin_width`` = 0.01 wide) over that BN's
   |γ|, and s = the fraction of its |γ| below δ. Score = 1 − mean(s) over the body's BNs. After
   polarised sparse training a redundant unit has many γ ≈ 0, hence a low score. A body without a
@@ -65,7 +65,7 @@ def needs_data(score: str) -> bool:
 
 
 def sparsity_scores(graph: gs.Graph, blocks: Sequence[Block], bin_width: float = 0.01, **_) -> dict[str, float]:
-    """Seed 001: 1 − mean over the body's BNs of the fraction of |γ| below that BN's adaptive δ."""
+    """The joint-pruning patent's score: 1 − mean over the body's BNs of the fraction of |γ| below that BN's adaptive δ."""
     nodes = _nodes(graph)
     scores = {}
     for block in blocks:

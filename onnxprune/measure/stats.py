@@ -24,6 +24,7 @@ from onnx_graphsurgeon.logger import G_LOGGER
 
 from onnxprune.core.data import resolve_input_shapes
 from onnxprune.core.errors import InputError
+from onnxprune.core.layout import WeightLayout, layout_of
 
 logger = logging.getLogger(__name__)
 
@@ -86,16 +87,21 @@ def _attr(node: onnx.NodeProto, name: str, default=None):
     return default
 
 
+def _layout(node: onnx.NodeProto, shapes: Shapes) -> WeightLayout:
+    layout = layout_of(node.op_type, _shape(shapes, node.input[1]), _attr(node, "group", 1))
+    if layout is None:
+        raise _UnknownShape(node.input[1])
+    return layout
+
+
 def _conv(node: onnx.NodeProto, shapes: Shapes) -> int:
-    """Weight is [Cout, Cin/group, k...]: each output element costs Cin/group * prod(k)."""
-    weight = _shape(shapes, node.input[1])
-    return _out(node, shapes) * math.prod(weight[1:])
+    """Each output element costs its filter: Cin/group * prod(k) multiply-adds."""
+    return _out(node, shapes) * _layout(node, shapes).filter_size
 
 
 def _conv_transpose(node: onnx.NodeProto, shapes: Shapes) -> int:
-    """Weight is [Cin, Cout/group, k...]: each input element scatters into Cout/group * prod(k)."""
-    weight = _shape(shapes, node.input[1])
-    return _in(node, shapes) * math.prod(weight[1:])
+    """Each input element scatters through the weights that read it: Cout/group * prod(k)."""
+    return _in(node, shapes) * _layout(node, shapes).column_size
 
 
 def _gemm(node: onnx.NodeProto, shapes: Shapes) -> int:

@@ -17,6 +17,7 @@ from onnx import helper, numpy_helper
 from models.architectures import ARCHITECTURES, export_onnx
 from onnxprune.channels import surgery as prune_channels
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup, analyse
+from onnxprune.channels.costs import CostModel
 from onnxprune.core.errors import InputError
 from onnxprune.core.model import to_graph, to_model
 from onnxprune.measure.stats import ModelStats, model_stats
@@ -101,10 +102,10 @@ def rand(*shape) -> np.ndarray:
     return (RNG.standard_normal(shape) * 0.5).astype(np.float32)
 
 
-def assert_oracle(model: onnx.ModelProto, remove) -> onnx.ModelProto:
+def assert_oracle(model: onnx.ModelProto, remove, rel: float = 1e-5) -> onnx.ModelProto:
     """Zeroed-then-pruned equals zeroed; returns the pruned model."""
     zeroed, pruned, _ = prune(model, remove, zero_first=True)
-    assert_equivalent(zeroed, pruned, rel=1e-5)
+    assert_equivalent(zeroed, pruned, rel=rel)
     return pruned
 
 
@@ -359,3 +360,69 @@ def test_shared_weight_is_sliced_once_on_both_axes():
     assert ("w", 1) in group.members  # the tied weight couples a, b and c into one group
     pruned = assert_oracle(model, {group.id: channels_at(group, ("w", 0), [1, 2])})
     np.testing.assert_array_equal(weights(pruned)["w"], np.delete(np.delete(inits["w"], [1, 2], 0), [1, 2], 1))
+
+
+def conv_transpose_model(group: int, c_out: int) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """x -> conv1 (4) -> relu -> ConvTranspose (group, 4 -> c_out, stride 2) -> relu -> conv2 -> y."""
+    inits = {"w1": rand(4, 3, 1, 1), "wt": rand(4, c_out // group, 3, 3), "bt": rand(c_out), "w2": rand(3, c_out, 1, 1)}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="conv1"),
+        helper.make_node("Relu", ["a"], ["r"], name="relu1"),
+        helper.make_node("ConvTranspose", ["r", "wt", "bt"], ["t"], name="deconv", group=group, strides=[2, 2]),
+        helper.make_node("Relu", ["t"], ["rt"], name="relu2"),
+        helper.make_node("Conv", ["rt", "w2"], ["y"], name="conv2"),
+    ]
+    return make_model(nodes, [tensor("x", [1, 3, 5, 5])], [tensor("y", [1, 3, 11, 11])], inits), inits
+
+
+def group_attribute(model: onnx.ModelProto, name: str) -> int:
+    node = next(node for node in model.graph.node if node.name == name)
+    return helper.get_attribute_value(next(a for a in node.attribute if a.name == "group"))
+
+
+def test_grouped_conv_transpose_keeps_group_and_divisibility():
+    """Weight [in, out / 2, k]: input c is row c, output o = 3 * g + j is column j of group g's rows."""
+    model, inits = conv_transpose_model(group=2, c_out=6)
+    _, channel_graph = analysed(model)
+    into, out_of = group_of(channel_graph, ("wt", 0)), group_of(channel_graph, ("wt", 1))
+    assert into.size == 2 and out_of.size == 3  # the in-group index j of both groups is one channel
+    assert {("w1", 0), ("r", 1)} <= into.members.keys() and {("bt", 0), ("w2", 1)} <= out_of.members.keys()
+    assert into.is_prunable and out_of.is_prunable
+    remove = {into.id: channels_at(into, ("wt", 0), [1]), out_of.id: channels_at(out_of, ("wt", 1), [2])}
+    pruned = assert_oracle(model, remove, rel=1e-6)
+    assert group_attribute(pruned, "deconv") == 2
+    values = weights(pruned)
+    np.testing.assert_array_equal(values["w1"], np.delete(inits["w1"], [1, 3], axis=0))
+    np.testing.assert_array_equal(values["wt"], np.delete(np.delete(inits["wt"], [1, 3], axis=0), [2], axis=1))
+    np.testing.assert_array_equal(values["bt"], np.delete(inits["bt"], [2, 5]))
+    np.testing.assert_array_equal(values["w2"], np.delete(inits["w2"], [2, 5], axis=1))
+
+
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_depthwise_conv_transpose_updates_group(multiplier):
+    """Weight [in, m, k] with one group per input channel c: c and its outputs c*m .. c*m+m-1 go together."""
+    model, inits = conv_transpose_model(group=4, c_out=4 * multiplier)
+    _, channel_graph = analysed(model)
+    group = group_of(channel_graph, ("w1", 0))
+    assert {("wt", 0), ("t", 1), ("bt", 0), ("w2", 1)} <= group.members.keys() and group.size == 4
+    pruned = assert_oracle(model, {group.id: channels_at(group, ("w1", 0), [0, 2])}, rel=1e-6)
+    assert group_attribute(pruned, "deconv") == 2
+    gone = np.concatenate([np.arange(c * multiplier, (c + 1) * multiplier) for c in (0, 2)])
+    values = weights(pruned)
+    np.testing.assert_array_equal(values["wt"], np.delete(inits["wt"], [0, 2], axis=0))
+    np.testing.assert_array_equal(values["bt"], np.delete(inits["bt"], gone))
+    np.testing.assert_array_equal(values["w2"], np.delete(inits["w2"], gone, axis=1))
+
+
+@pytest.mark.parametrize(("group", "c_out"), [(2, 6), (4, 4), (4, 8)], ids=["grouped", "depthwise", "depthwise-x2"])
+def test_cost_model_predicts_pruned_conv_transpose_counts(group, c_out):
+    """MACs of a ConvTranspose: input elements x out / group x kernel; pruning inputs or outputs shrinks them."""
+    model, _ = conv_transpose_model(group=group, c_out=c_out)
+    graph, channel_graph = analysed(model)
+    costs = CostModel(channel_graph, model_stats(to_model(graph, model)))
+    remove = half(channel_graph)
+    assert remove
+    macs, params = costs.left(costs.removed(remove, channel_graph))
+    prune_channels.run(graph, channel_graph, remove)
+    after = model_stats(to_model(graph, model))
+    assert (macs, params) == (pytest.approx(after.macs), pytest.approx(after.params))

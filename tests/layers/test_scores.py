@@ -91,3 +91,13 @@ def test_bad_requests_are_input_errors():
         block_importance.score_blocks(graph, found, "taylor")
     with pytest.raises(InputError, match="needs calibration data"):
         block_importance.score_blocks(graph, found, "data")
+
+
+@pytest.mark.parametrize("group", [2, 4])
+def test_filters_of_a_grouped_conv_transpose_are_one_per_output_channel(group):
+    weight = np.random.default_rng(0).standard_normal((4, 8 // group, 3, 3)).astype(np.float32)
+    node = gs.Node("ConvTranspose", attrs={"group": group}, inputs=[gs.Variable("x"), gs.Constant("w", weight)],
+                   outputs=[gs.Variable("y")])
+    rows = 4 // group
+    expected = [weight[g * rows:(g + 1) * rows, j].ravel() for g in range(group) for j in range(8 // group)]
+    np.testing.assert_array_equal(block_importance._filters(node), np.stack(expected))

@@ -79,10 +79,35 @@ def test_conv_then_bn(dims, groups, bias):
     assert op_counts(result) == {"Conv": 1}
 
 
-@pytest.mark.parametrize("groups", [1, 2])
-def test_conv_transpose_then_bn(groups):
-    result, _ = folded(conv_bn_model(groups=groups, op="ConvTranspose", stride=2, bias=groups == 1))
+CONV_TRANSPOSE_GROUPS = {"dense": (1, 6), "grouped": (2, 6), "grouped-narrow": (2, 4), "depthwise": (4, 4),
+                         "depthwise-x2": (4, 8)}  # groups, output channels (4 inputs)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize(("groups", "c_out"), CONV_TRANSPOSE_GROUPS.values(), ids=CONV_TRANSPOSE_GROUPS)
+def test_conv_transpose_then_bn(groups, c_out, bias):
+    """Weight [in, out / groups, k]: output o = g * out / groups + j is scaled through W[rows of group g, j]."""
+    inits: dict = {}
+    nodes = [
+        conv(inits, "conv", "x", "c", 4, c_out, groups=groups, bias=bias, stride=2, op="ConvTranspose"),
+        batchnorm(inits, "bn", "c", "y", c_out),
+    ]
+    result, _ = folded(make_model(nodes, [tensor("x", [1, 4, 5, 5])], [tensor("y", [None] * 4)], inits))
     assert op_counts(result) == {"ConvTranspose": 1}
+
+
+@pytest.mark.parametrize(("groups", "c_out"), CONV_TRANSPOSE_GROUPS.values(), ids=CONV_TRANSPOSE_GROUPS)
+def test_pure_scale_bn_before_conv_transpose(groups, c_out):
+    """Input c scales every weight that reads it: row c of a ConvTranspose weight, whatever the groups."""
+    inits: dict = {}
+    nodes = [
+        batchnorm(inits, "bn", "x", "n", 4),
+        conv(inits, "conv", "n", "y", 4, c_out, groups=groups, stride=2, op="ConvTranspose"),
+    ]
+    inits["bn.bias"] = np.zeros(4, np.float32)
+    inits["bn.mean"] = np.zeros(4, np.float32)
+    _, report = folded(make_model(nodes, [tensor("x", [1, 4, 5, 5])], [tensor("y", [None] * 4)], inits))
+    assert "(before it)" in report.rewrites[0]
 
 
 @pytest.mark.parametrize("opset, attrs", [(7, {"spatial": 1}), (9, {}), (13, {}), (15, {"training_mode": 0}), (21, {})])

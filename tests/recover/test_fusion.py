@@ -137,3 +137,35 @@ def test_no_positive_similarity_leaves_weights_alone():
     report = compensate.run(channel_graph.graph, channel_graph, {group_id(channel_graph): np.array([3])})
     assert report.merged == 0 and "no kept channel has a positive similarity" in report.skipped[0]
     np.testing.assert_array_equal(channel_graph.graph.tensors()["w2"].values, w2)
+
+
+def test_grouped_conv_transpose_is_compared_per_output_channel():
+    """Group 2, 4 -> 6 outputs: channel j holds outputs j and 3 + j, whose filters are W[:2, j] and W[2:, j].
+
+    The BN after it scales outputs, so its scales must be read at 2 and 5 for channel 2 (not at 2 for both):
+    only then are channel 2's effective filters exactly 2 x channel 0's, and the merge exact.
+    """
+    rng = np.random.default_rng(6)
+    weight = rng.standard_normal((4, 3, 3, 3))
+    weight[:2, 2] = weight[:2, 0]
+    weight[2:, 2] = 4 * weight[2:, 0]
+    scale = rng.uniform(0.5, 1.5, 6)
+    scale[2], scale[5] = 2 * scale[0], 0.5 * scale[3]
+    inits = {"wt": weight.astype(np.float32), "w2": rng.standard_normal((C_OUT, 6, 3, 3)).astype(np.float32),
+             "bn.scale": scale.astype(np.float32), "bn.bias": np.zeros(6, np.float32),
+             "bn.mean": np.zeros(6, np.float32), "bn.var": np.ones(6, np.float32)}
+    nodes = [
+        helper.make_node("ConvTranspose", ["x", "wt"], ["t"], name="deconv", group=2, strides=[2, 2]),
+        helper.make_node("BatchNormalization", ["t", "bn.scale", "bn.bias", "bn.mean", "bn.var"], ["n"], name="bn"),
+        helper.make_node("Relu", ["n"], ["r"], name="act"),
+        helper.make_node("Conv", ["r", "w2"], ["y"], name="conv2", kernel_shape=[3, 3], pads=[1] * 4),
+    ]
+    model = make_model(nodes, [tensor("x", [2, C_IN, 5, 5])], [tensor("y", [None] * 4)], inits)
+    channel_graph = analysed(model)
+    group = next(g for g in channel_graph.groups if ("wt", 1) in g.members)
+    where, owner = group.members[("wt", 1)]
+    remove = {group.id: owner[where == 2]}
+    report = compensate.run(channel_graph.graph, channel_graph, remove)
+    prune_channels.run(channel_graph.graph, channel_graph, remove)
+    assert report.merged == 1 and report.mean_similarity == pytest.approx(1.0)
+    assert_equivalent(model, to_model(channel_graph.graph, model), rel=1e-5)

@@ -1,8 +1,11 @@
-"""Conv, ConvTranspose, Gemm, MatMul: output channels are weight rows, input channels weight columns.
+"""Conv, ConvTranspose, Gemm, MatMul: channels are weight positions, where ``onnxprune.core.layout`` puts them.
 
-Grouped convolutions couple channels: a depthwise conv ties each input channel to its outputs
-(pruning updates ``group``); a conv with 1 < group < channels keeps ``group`` and removes the same
-in-group index from every group, so its channel counts stay divisible.
+An axis that lists every channel of its side (a Conv's output axis, a ConvTranspose's input axis,
+both axes of a Gemm or MatMul) is the same axis as the data's channels. With 1 < group < channels
+the other axis holds the channels within one group: index j inside every group moves together, on
+that axis and on the listing one, so ``group`` stays and the channel counts stay divisible. A
+depthwise op (one input channel per group) ties each input channel to its outputs instead, and
+pruning updates ``group``.
 """
 
 from __future__ import annotations
@@ -13,96 +16,94 @@ import onnx_graphsurgeon as gs
 from onnxprune.channels.handlers import Handler, Removed, register
 from onnxprune.channels.relations import ROLE_IN, ROLE_OUT, Relations
 from onnxprune.core.graph import constant_value
+from onnxprune.core.layout import WeightLayout, weight_layout
 
 
 def _has(node: gs.Node, index: int) -> bool:
     return len(node.inputs) > index and not node.inputs[index].is_empty()
 
 
-@register("Conv")
+@register("Conv", "ConvTranspose")
 class ConvHandler(Handler):
     def relate(self, rel: Relations, node: gs.Node) -> None:
-        x, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        if constant_value(weight) is None:
-            rel.block_all(y, f"Conv '{node.name}' has a non-constant weight")
+        x, y = node.inputs[0], node.outputs[0]
+        layout = weight_layout(node)
+        if layout is None:
+            rel.block_all(y, f"{node.op} '{node.name}' has no constant weight that splits into its groups")
             return
-        groups = int(node.attrs.get("group", 1))
-        out_channels, in_per_group = constant_value(weight).shape[:2]
-        rel.same(node, weight, 0, y, 1)
-        rel.role(node, weight, 0, ROLE_OUT)
+        if layout.is_depthwise:
+            linked = _link_depthwise(rel, node, layout)
+        else:
+            linked = (_link_side(rel, node, y, layout, layout.out_axis, layout.out_per_group, ROLE_OUT)
+                      and _link_side(rel, node, x, layout, layout.in_axis, layout.in_per_group, ROLE_IN))
+        if not linked:
+            rel.block_all(y, f"{node.op} '{node.name}': channel counts unknown")
         if _has(node, 2):
             rel.same(node, node.inputs[2], 0, y, 1)
             rel.role(node, node.inputs[2], 0, ROLE_OUT)
-        if groups == 1:
-            rel.same(node, x, 1, weight, 1)
-            rel.role(node, weight, 1, ROLE_IN)
-        elif in_per_group == 1:
-            _link_depthwise(rel, node, x, y, out_channels // groups)
-        else:
-            _link_grouped(rel, node, x, weight, y, groups)
 
     def update(self, graph: gs.Graph, node: gs.Node, removed: Removed) -> None:
-        """A depthwise conv has one group per input channel: drop one per removed channel."""
-        groups = int(node.attrs.get("group", 1))
-        if groups > 1 and constant_value(node.inputs[1]).shape[1] == 1:
+        """A depthwise op has one group per input channel: drop one per removed channel."""
+        layout = weight_layout(node)
+        if layout is not None and layout.is_depthwise:
             gone = removed.get((node.inputs[0].name, 1))
             if gone is not None:
-                node.attrs["group"] = groups - len(gone)
+                node.attrs["group"] = layout.groups - len(gone)
 
 
-def _link_depthwise(rel: Relations, node: gs.Node, x: gs.Tensor, y: gs.Tensor, multiplier: int) -> None:
-    """Input channel c feeds outputs c*m .. c*m+m-1 (m = depth multiplier); all go together."""
+def _link_side(rel: Relations, node: gs.Node, data: gs.Tensor, layout: WeightLayout, axis: int, per_group: int,
+               role: str) -> bool:
+    """Channel c of ``data`` is position c of the weight's ``axis``, or c mod ``per_group`` (the index in its group).
+
+    With groups, channel c also moves with c mod ``per_group`` of every other group, so all groups keep one size.
+    """
+    weight = node.inputs[1]
+    if layout.groups == 1:
+        rel.same(node, data, 1, weight, axis)
+        rel.role(node, weight, axis, role)
+        return True
+    channels, positions = rel.dim(data, 1), rel.dim(weight, axis)
+    if channels is None or positions is None:
+        return False
+    index = np.arange(rel.sizes[channels])
+    if layout.lists_every_channel(axis):
+        rel.same(node, data, 1, weight, axis)
+        rel.link(node, channels, index, channels, index % per_group)
+    else:
+        rel.link(node, channels, index, positions, index % per_group)
+    rel.role(node, weight, axis, role)
+    return True
+
+
+def _link_depthwise(rel: Relations, node: gs.Node, layout: WeightLayout) -> bool:
+    """Input channel c feeds outputs c*m .. c*m+m-1 (m = depth multiplier); all go together.
+
+    Axis 0 of the weight lists the channels of one side (Conv: outputs, ConvTranspose: inputs);
+    either way its positions hold the filters, so it has role "out".
+    """
+    x, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
+    rel.same(node, weight, 0, y if layout.out_axis == 0 else x, 1)
+    rel.role(node, weight, 0, ROLE_OUT)
     source, target = rel.dim(x, 1), rel.dim(y, 1)
     if source is None or target is None:
-        rel.block_all(y, f"Conv '{node.name}': channel counts unknown")
-        return
-    channels = np.repeat(np.arange(rel.sizes[source]), multiplier)
+        return False
+    channels = np.repeat(np.arange(rel.sizes[source]), layout.out_per_group)
     rel.link(node, source, channels, target, np.arange(rel.sizes[target]))
-
-
-def _link_grouped(rel: Relations, node: gs.Node, x: gs.Tensor, weight: gs.Tensor, y: gs.Tensor, groups: int) -> None:
-    """Index j inside every group moves together, on the input (weight column j) and the output side."""
-    source, column, target = rel.dim(x, 1), rel.dim(weight, 1), rel.dim(y, 1)
-    if source is None or column is None or target is None:
-        rel.block_all(y, f"Conv '{node.name}': channel counts unknown")
-        return
-    in_per_group, out_per_group = rel.sizes[column], rel.sizes[target] // groups
-    inputs = np.arange(groups * in_per_group)
-    rel.link(node, source, inputs, column, inputs % in_per_group)
-    rel.role(node, weight, 1, ROLE_IN)
-    outputs = np.arange(groups * out_per_group)
-    rel.link(node, target, outputs, target, outputs % out_per_group)
-
-
-@register("ConvTranspose")
-class ConvTransposeHandler(Handler):
-    def relate(self, rel: Relations, node: gs.Node) -> None:
-        x, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        groups = int(node.attrs.get("group", 1))
-        if constant_value(weight) is None or groups != 1:
-            rel.block_all(y, f"ConvTranspose '{node.name}': weight not constant or grouped")
-            return
-        rel.same(node, x, 1, weight, 0)
-        rel.role(node, weight, 0, ROLE_IN)
-        rel.same(node, weight, 1, y, 1)
-        rel.role(node, weight, 1, ROLE_OUT)
-        if _has(node, 2):
-            rel.same(node, node.inputs[2], 0, y, 1)
-            rel.role(node, node.inputs[2], 0, ROLE_OUT)
+    return True
 
 
 @register("Gemm")
 class GemmHandler(Handler):
     def relate(self, rel: Relations, node: gs.Node) -> None:
         a, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        if node.attrs.get("transA", 0) or constant_value(weight) is None:
+        layout = weight_layout(node)
+        if node.attrs.get("transA", 0) or layout is None:
             rel.block_all(y, f"Gemm '{node.name}': transposed input or non-constant weight")
             return
-        out_axis, in_axis = (0, 1) if node.attrs.get("transB", 0) else (1, 0)
-        rel.same(node, a, 1, weight, in_axis)
-        rel.role(node, weight, in_axis, ROLE_IN)
-        rel.same(node, weight, out_axis, y, 1)
-        rel.role(node, weight, out_axis, ROLE_OUT)
+        rel.same(node, a, 1, weight, layout.in_axis)
+        rel.role(node, weight, layout.in_axis, ROLE_IN)
+        rel.same(node, weight, layout.out_axis, y, 1)
+        rel.role(node, weight, layout.out_axis, ROLE_OUT)
         if _has(node, 2):
             bias = constant_value(node.inputs[2])
             if bias is not None and bias.ndim >= 1 and bias.shape[-1] > 1:
@@ -114,11 +115,11 @@ class GemmHandler(Handler):
 class MatMulHandler(Handler):
     def relate(self, rel: Relations, node: gs.Node) -> None:
         a, weight, y = node.inputs[0], node.inputs[1], node.outputs[0]
-        value = constant_value(weight)
-        if value is None or value.ndim != 2 or a.shape is None:
+        layout = weight_layout(node)
+        if layout is None or len(layout.shape) != 2 or a.shape is None:
             rel.block_all(y, f"MatMul '{node.name}': weight is not a constant matrix")
             return
-        rel.same(node, a, len(a.shape) - 1, weight, 0)
-        rel.role(node, weight, 0, ROLE_IN)
-        rel.same(node, weight, 1, y, len(a.shape) - 1)
-        rel.role(node, weight, 1, ROLE_OUT)
+        rel.same(node, a, len(a.shape) - 1, weight, layout.in_axis)
+        rel.role(node, weight, layout.in_axis, ROLE_IN)
+        rel.same(node, weight, layout.out_axis, y, len(a.shape) - 1)
+        rel.role(node, weight, layout.out_axis, ROLE_OUT)

@@ -2,8 +2,11 @@
 
 Score of channel c = sum over the group's filter banks (role "out" weight axes: every producer
 of the group, e.g. the convs feeding a residual Add, a depthwise conv inside the group) of
-``||W[position]||_p`` over all other axes, for every position c holds on that axis (a grouped
-conv's channel holds one position per group, a depthwise multiplier several).
+``||filter_o||_p`` for every output channel o of that producer that c holds (a grouped conv's
+channel holds one per group, a depthwise multiplier several). Filters are the weight slices
+``onnxprune.core.layout`` gives, so a grouped ConvTranspose's filter ``W[rows of its group, j]``
+is one filter, not the column ``W[:, j]`` that spans every group. Any other axis is read by
+position: ``||A[position]||_p`` over all other axes.
 
 Fallbacks, in order, when a group has no filter bank (no constant "out" axis with more than one
 element per position, e.g. only a Gemm bias, or no producer at all):
@@ -24,6 +27,7 @@ import onnx_graphsurgeon as gs
 from onnxprune.channels.analysis import ChannelGroup
 from onnxprune.channels.relations import ROLE_IN, ROLE_OUT, Dim
 from onnxprune.core.graph import constant_value
+from onnxprune.core.layout import weight_layout
 
 
 @dataclass(frozen=True)
@@ -33,6 +37,8 @@ class Slices:
     ``rows[k]`` is the weight at position ``where[k]`` along ``dim``'s axis, flattened over every
     other axis; ``owner[k]`` is the channel (index within the group) that position belongs to.
     ``full`` holds every position of the axis, for criteria that compare against the whole layer.
+    For a producer's filters (role "out" on a linear op's weight) positions are its output
+    channels and rows its filters, which index like its bias and a BN after it.
     """
 
     dim: Dim
@@ -52,16 +58,40 @@ class Slices:
 def role_slices(group: ChannelGroup, graph: gs.Graph, role: str) -> list[Slices]:
     """Slices of every constant axis of ``group`` whose role is ``role``, in float64."""
     tensors = graph.tensors()
+    nodes = {node.name: node for node in graph.nodes}
     found = []
     for dim in group.dims_with_role(role):
         tensor = tensors.get(dim[0])
         value = None if tensor is None else constant_value(tensor)
         if value is None or not np.issubdtype(np.asarray(value).dtype, np.floating):
             continue
-        full = np.moveaxis(np.asarray(value, dtype=np.float64), dim[1], 0)
+        value = np.asarray(value, dtype=np.float64)
         where, owner = group.members[dim]
+        filters = _filter_slices(nodes.get(group.roles[dim][0]), dim, value, where, owner) if role == ROLE_OUT else None
+        if filters is not None:
+            found.append(filters)
+            continue
+        full = np.moveaxis(value, dim[1], 0)
         found.append(Slices(dim, full.reshape(full.shape[0], -1), where, owner))
     return found
+
+
+def _filter_slices(node: gs.Node | None, dim: Dim, value: np.ndarray, where: np.ndarray,
+                   owner: np.ndarray) -> Slices | None:
+    """``node``'s filters, one row per output channel, when ``dim`` is an axis of its weight; else None.
+
+    Kept: the output channels whose filter lies at a position of ``dim`` that the group holds.
+    """
+    if node is None or len(node.inputs) < 2 or node.inputs[1].name != dim[0]:
+        return None
+    layout = weight_layout(node)
+    positions = None if layout is None else layout.output_positions(dim[1])
+    if layout is None or positions is None:
+        return None
+    holder = np.full(layout.shape[dim[1]], -1, dtype=np.int64)
+    holder[where] = owner
+    channels = np.flatnonzero(holder[positions] >= 0)
+    return Slices(dim, layout.filter_rows(value), channels, holder[positions[channels]])
 
 
 def channel_weights(group: ChannelGroup, graph: gs.Graph) -> tuple[str, list[Slices]]:

@@ -126,6 +126,49 @@ def test_magnitude_falls_back_to_consumer_columns_without_filters():
     assert np.argmin(values) == 1
 
 
+def deconv_chain(group: int, c_out: int, seed: int = 4) -> tuple[ChannelGraph, dict[str, np.ndarray]]:
+    """x -> conv1 (4) -> relu -> ConvTranspose (group, 4 -> c_out) -> relu -> conv2 -> y."""
+    rng = np.random.default_rng(seed)
+    inits: dict = {}
+    nodes = [
+        conv(inits, "conv1", "x", "a", rng.standard_normal((4, 3, 1, 1))),
+        helper.make_node("Relu", ["a"], ["r"], name="relu1"),
+        helper.make_node("ConvTranspose", ["r", "deconv.w"], ["t"], name="deconv", group=group, strides=[2, 2]),
+        helper.make_node("Relu", ["t"], ["rt"], name="relu2"),
+        conv(inits, "conv2", "rt", "y", rng.standard_normal((3, c_out, 1, 1))),
+    ]
+    inits["deconv.w"] = rng.standard_normal((4, c_out // group, 3, 3)).astype(np.float32)
+    return analysed(nodes, inits, c_in=3), inits
+
+
+def norms(rows: np.ndarray, p: float) -> np.ndarray:
+    return np.linalg.norm(rows.astype(np.float64).reshape(len(rows), -1), ord=p, axis=1)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+def test_magnitude_of_grouped_conv_transpose_sums_its_filters(p):
+    """Weight [4, 3, k], group 2: the filter of output 3 g + j is W[2 g : 2 g + 2, j], not the column W[:, j]."""
+    channel_graph, inits = deconv_chain(group=2, c_out=6)
+    weight = inits["deconv.w"]
+    group = group_of(channel_graph, "deconv.w", axis=1)
+    where, owner = group.members[("deconv.w", 1)]
+    expected = np.zeros(group.size)
+    for block in (weight[:2], weight[2:]):
+        expected[owner] += norms(np.moveaxis(block, 1, 0)[where], p)
+    np.testing.assert_allclose(Magnitude(p=p)(group, channel_graph.graph), expected, rtol=1e-6)
+
+
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_magnitude_of_depthwise_conv_transpose_sums_each_output_filter(p, multiplier):
+    """Weight [4, m, k], group 4: input c's outputs c*m .. c*m+m-1 have the filters W[c, j], one each."""
+    channel_graph, inits = deconv_chain(group=4, c_out=4 * multiplier)
+    group = group_of(channel_graph, "conv1.w")
+    filters = norms(inits["deconv.w"].reshape(4 * multiplier, -1), p)
+    expected = norms(inits["conv1.w"], p) + filters.reshape(4, multiplier).sum(1)
+    np.testing.assert_allclose(Magnitude(p=p)(group, channel_graph.graph), expected, rtol=1e-6)
+
+
 # --- BN scale --------------------------------------------------------------------------------
 
 
