@@ -1,4 +1,6 @@
-"""Fuse each channel about to be pruned into the kept channel most like it (APBM, Qu et al. 2022; Neuron Merging, Kim et al. 2020).
+"""Fuse each channel about to be pruned into the kept channel most like it.
+
+Information fusion of APBM (Qu et al. 2022), done data-free as in Neuron Merging (Kim et al. 2020).
 
 Before (channel r of conv1 is removed, channel k kept):
     y = W2[:, k] relu(w_k x + b_k) + W2[:, r] relu(w_r x + b_r) + ...
