@@ -125,7 +125,9 @@ def _components(count: int, edges: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     return connected_components(matrix, directed=False)[1]
 
 
-def _build_groups(graph, rel: Relations, dims: list[Dim], offsets: dict[Dim, int], labels: np.ndarray) -> list[ChannelGroup]:
+def _build_groups(
+    graph: gs.Graph, rel: Relations, dims: list[Dim], offsets: dict[Dim, int], labels: np.ndarray
+) -> list[ChannelGroup]:
     constants = {name for name, tensor in graph.tensors().items() if isinstance(tensor, gs.Constant)}
     blocked_channels, channel_reasons = _blocked(rel, offsets, labels)
     with_param = np.zeros(labels.max() + 1 if len(labels) else 0, dtype=bool)
@@ -180,5 +182,6 @@ def _group_labels(dims: list[Dim], offsets, sizes, labels: np.ndarray) -> np.nda
         span = np.unique(labels[offsets[dim] : offsets[dim] + sizes[dim]])
         first.append(span[:-1])
         second.append(span[1:])
-    edges = (np.concatenate(first) if first else np.zeros(0, np.int64), np.concatenate(second) if second else np.zeros(0, np.int64))
+    empty = np.zeros(0, np.int64)
+    edges = (np.concatenate(first) if first else empty, np.concatenate(second) if second else empty)
     return _components(count, edges)

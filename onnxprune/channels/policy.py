@@ -11,7 +11,7 @@ Modes (``PolicyConfig``), exactly one of:
   F of its MACs (FLOPs) / parameters, counted by :class:`CostModel`. With ``global_ranking`` the
   globally lowest normalised scores go first; without it, the smallest uniform per-group ratio
   that meets the target is used.
-- ``threshold="adaptive"`` (seed 001): per group, a histogram of its γ (mean |γ| over the group's
+- ``threshold="adaptive"`` (joint layer/channel pruning (CN patent, Nanjing Univ. 2021)): per group, a histogram of its γ (mean |γ| over the group's
   normalisation scales) with ``bin_width`` (0.01) wide bins aligned at multiples of the width,
   scanned left to right; the first bin that is a local minimum (fewer than the bin before, at most
   the bin after; the ends count as +inf) gives δ, its lower edge; channels with γ < δ are removed.
@@ -314,7 +314,7 @@ def _threshold_counts(channel_graph: ChannelGraph, groups: list[ChannelGroup], s
 
 
 def adaptive_threshold(values: np.ndarray, bin_width: float = 0.01) -> float:
-    """Seed 001's δ: the lower edge of the first local-minimum bin of ``values``' histogram.
+    """The joint-pruning patent's δ: the lower edge of the first local-minimum bin of ``values``' histogram.
 
     Bins are ``[k w, (k+1) w)``; a bin is a local minimum when it holds fewer values than the bin
     before it and no more than the bin after it (beyond either end counts as +inf). With a

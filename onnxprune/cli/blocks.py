@@ -1,4 +1,4 @@
-"""Commands of layer pruning: blocks (list units and scores), bypass (remove units), joint (seed 001)."""
+"""Commands of layer pruning: blocks (list units and scores), bypass (remove units), joint (layers, then channels)."""
 
 from __future__ import annotations
 
@@ -55,7 +55,8 @@ def _add_bypass(commands) -> None:
 
 
 def _add_joint(commands) -> None:
-    parser = commands.add_parser("joint", help="seed 001: bypass N units by BN sparsity, then prune channels below δ")
+    parser = commands.add_parser("joint",
+                                 help="joint pruning: bypass N units by BN sparsity, then prune channels below δ")
     parser.add_argument("input")
     parser.add_argument("output")
     parser.add_argument("--layers", type=int, required=True, metavar="N", help="units to bypass")
@@ -105,7 +106,8 @@ def _share(macs: int, total: int) -> str:
 def _bypass(args: argparse.Namespace) -> int:
     selection = api.Selection(count=args.blocks, names=args.names, flops_target=args.flops_target)
     outcome = api.bypass_file(
-        args.input, args.output, selection, score=args.score, data_source=data_source(args), input_shapes=data.parse_input_shapes(args.input_shape),
+        args.input, args.output, selection, score=args.score, data_source=data_source(args),
+        input_shapes=data.parse_input_shapes(args.input_shape),
         runs=args.runs, threads=args.threads, score_options={"metric": args.metric},
     )
     emit(args, outcome.to_dict(), lambda: _bypass_text(outcome))

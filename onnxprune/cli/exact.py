@@ -30,7 +30,8 @@ def _add_optimize(commands) -> None:
     parser = commands.add_parser("optimize", help="run the exact fold/merge passes, verify, write")
     parser.add_argument("input")
     parser.add_argument("output")
-    parser.add_argument("--passes", type=names, help=f"comma-separated passes to run (default all: {','.join(REGISTRY)})")
+    parser.add_argument("--passes", type=names,
+                        help=f"comma-separated passes to run (default all: {','.join(REGISTRY)})")
     parser.add_argument("--skip", type=names, default=[], help="comma-separated passes to leave out")
     parser.add_argument("--runs", type=int, default=20, help="latency runs per model (0: no timing)")
     parser.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads for timing")
@@ -118,7 +119,8 @@ def _bench(args: argparse.Namespace) -> int:
     options = dict(runs=args.runs, warmup=args.warmup, threads=args.threads, optimize=not args.no_ort_optimization)
     if args.other is None:
         timed = latency.measure(args.model, inputs.feeds[0], progress=not args.quiet, **options)
-        rows, payload = [(args.model, timed.median_ms, timed.p90_ms)], {"latency": [timed.to_dict()]}
+        rows = [(args.model, timed.median_ms, timed.p90_ms)]
+        payload: dict[str, object] = {"latency": [timed.to_dict()]}
     else:
         model_io.load(args.other)
         a, b, ratio = latency.compare_latency(args.model, args.other, inputs.feeds[0], **options)
@@ -135,7 +137,8 @@ def _inspect(args: argparse.Namespace) -> int:
     model = model_io.load(args.model)
     shapes = data.resolve_input_shapes(model, data.parse_input_shapes(args.input_shape))
     counted = stats.model_stats(model, shapes, path=args.model)
-    emit(args, {"command": "inspect", "model": args.model, **counted.to_dict()}, lambda: _inspect_text(counted, args.top))
+    emit(args, {"command": "inspect", "model": args.model, **counted.to_dict()},
+         lambda: _inspect_text(counted, args.top))
     return 0
 
 
@@ -144,8 +147,8 @@ def _inspect_text(counted: stats.ModelStats, top: int) -> str:
     layers = sorted(counted.per_node, key=lambda cost: -cost.macs)
     layers = layers[:top] if top else layers
     total = max(counted.macs, 1)
-    rows = [(c.name, c.op_type, "x".join(map(str, c.output_shape or ())), c.params, c.macs, f"{100 * c.macs / total:.1f} %")
-            for c in layers]
+    rows = [(c.name, c.op_type, "x".join(map(str, c.output_shape or ())), c.params, c.macs,
+             f"{100 * c.macs / total:.1f} %") for c in layers]
     totals = (f"nodes {counted.nodes}, parameters {counted.params:,}, MACs {counted.macs:,} "
               f"(FLOPs {counted.flops:,}), size {counted.size_bytes:,} bytes")
     return "\n\n".join([histogram, report.table(("layer", "op", "output", "params", "MACs", "share"), rows), totals])

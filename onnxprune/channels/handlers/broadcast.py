@@ -19,6 +19,8 @@ from onnxprune.channels.handlers.util import (
 from onnxprune.channels.relations import Relations
 from onnxprune.core.graph import constant_value, set_constant
 
+CROP_AND_RESIZE = ("tf_crop_and_resize", b"tf_crop_and_resize")  # scales depend on the ROI input
+
 
 @register("Resize", "Upsample")
 class ResizeHandler(Handler):
@@ -38,7 +40,9 @@ class ResizeHandler(Handler):
         if node.op != "Resize" or not _has(node, 3):
             return
         y = node.outputs[0]
-        sizes = [int(v) for v in constant_value(node.inputs[3])]
+        value = constant_value(node.inputs[3])
+        assert value is not None  # relate let no axis of a Resize by computed sizes shrink
+        sizes = [int(v) for v in value]
         axes = _resize_axes(node, len(y.shape))
         new = [size - len(_gone(removed, y, axis)) for size, axis in zip(sizes, axes)]
         if new != sizes:
@@ -53,7 +57,7 @@ def _resize_axes(node: gs.Node, rank: int) -> list[int]:
 def _resize_scales(node: gs.Node, x: gs.Tensor, opset: int) -> list[float] | None:
     """The scale of every axis (1.0 where the op leaves it alone); None when unknown or ROI-dependent."""
     shape = _static(x.shape)
-    if shape is None or node.attrs.get("coordinate_transformation_mode") in ("tf_crop_and_resize", b"tf_crop_and_resize"):
+    if shape is None or node.attrs.get("coordinate_transformation_mode") in CROP_AND_RESIZE:
         return None
     if node.op == "Upsample" and "scales" in node.attrs:
         given = [float(s) for s in node.attrs["scales"]]
@@ -99,6 +103,7 @@ class BroadcastHandler(Handler):
             return
         y = node.outputs[0]
         target = constant_value(node.inputs[1])
+        assert target is not None  # relate let no axis of an Expand to a computed shape shrink
         new = [int(v) for v in target]
         offset = len(y.shape) - len(new)
         for position, value in enumerate(new):

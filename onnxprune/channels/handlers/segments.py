@@ -86,6 +86,7 @@ class SplitHandler(Handler):
         x = node.inputs[0]
         axis = int(node.attrs.get("axis", 0)) % len(x.shape)
         sizes = _split_sizes(node, axis)
+        assert sizes is not None  # relate let no axis of a Split with unknown sizes shrink
         new = [size - len(_gone(removed, y, axis)) for y, size in zip(node.outputs, sizes)]
         if new == sizes:
             return
@@ -101,9 +102,10 @@ def _split_sizes(node: gs.Node, axis: int) -> list[int] | None:
     if "split" in node.attrs or _has(node, 1):
         return _ints(node, "split", 1)  # None for a computed input: its values could change at run time
     shapes = [_static(y.shape) for y in node.outputs]
-    if any(shape is None for shape in shapes):
+    static = [shape for shape in shapes if shape is not None]
+    if len(static) != len(shapes):
         return None
-    return [shape[axis] for shape in shapes]
+    return [shape[axis] for shape in static]
 
 
 # --- Slice, Pad, Gather ----------------------------------------------------------------------------
@@ -140,13 +142,15 @@ class SliceHandler(Handler):
             if len(taken) != rel.sizes[target]:
                 _block(rel, node, [(x, axis), (y, axis)], f"output size of axis {axis} disagrees with the bounds")
             elif len(taken) > 1 and abs(step) != 1:
-                _block(rel, node, [(x, axis), (y, axis)], f"step {step} on axis {axis}: deleting elements breaks the stride")
+                reason = f"step {step} on axis {axis}: deleting elements breaks the stride"
+                _block(rel, node, [(x, axis), (y, axis)], reason)
             else:
                 rel.link(node, source, taken, target, np.arange(len(taken)))
 
     def update(self, graph: gs.Graph, node: gs.Node, removed: Removed) -> None:
         x = node.inputs[0]
         bounds = _slice_bounds(node, x)
+        assert bounds is not None  # relate let no axis of a Slice with computed bounds shrink
         changed = {}
         for axis, (start, end, step) in bounds.items():
             gone = _gone(removed, x, axis)
@@ -235,6 +239,7 @@ class PadHandler(Handler):
     def update(self, graph: gs.Graph, node: gs.Node, removed: Removed) -> None:
         x, y = node.inputs[0], node.outputs[0]
         amounts = _pad_amounts(node, x)
+        assert amounts is not None  # relate let no axis of a Pad with computed pads shrink
         new = list(amounts)
         for axis, (before, after) in enumerate(amounts):
             gone_in, gone_out = _gone(removed, x, axis), _gone(removed, y, axis)
@@ -308,7 +313,9 @@ class GatherHandler(Handler):
     def update(self, graph: gs.Graph, node: gs.Node, removed: Removed) -> None:
         data, y = node.inputs[0], node.outputs[0]
         value = constant_value(node.inputs[1])
-        axis = int(node.attrs.get("axis", 0)) % len(_shape_of(data))
+        shape = _shape_of(data)
+        assert shape is not None  # relate let no axis of a Gather with unknown ranks shrink
+        axis = int(node.attrs.get("axis", 0)) % len(shape)
         gone_in, gone_out = _gone(removed, data, axis), _gone(removed, y, axis)
         if value is None or value.ndim != 1 or not (len(gone_in) or len(gone_out)):
             return

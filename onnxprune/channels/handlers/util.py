@@ -37,7 +37,11 @@ def _write_ints(graph: gs.Graph, node: gs.Node, attr: str, index: int, values: l
     if attr in node.attrs:
         node.attrs[attr] = [int(v) for v in values]
         return
-    dtype = constant_value(node.inputs[index]).dtype if _has(node, index) else np.int64
+    dtype = np.dtype(np.int64)
+    if _has(node, index):
+        current = constant_value(node.inputs[index])
+        assert current is not None, "callers write back values _ints read, so this input is constant"
+        dtype = current.dtype
     set_constant(graph, node, index, np.asarray(values, dtype=dtype), f"{node.name}_{attr}")
 
 

@@ -19,7 +19,7 @@ from onnxprune.channels.handlers.util import (
     _ints,
     _static,
 )
-from onnxprune.channels.relations import Relations
+from onnxprune.channels.relations import Dim, Relations
 from onnxprune.core.graph import constant_value, set_constant
 
 
@@ -54,6 +54,7 @@ class SqueezeHandler(Handler):
             kept = [axis for axis in range(len(x.shape)) if axis not in {a % len(x.shape) for a in axes}]
             pairs = zip(kept, range(len(y.shape)))
         else:
+            assert axes is not None  # an Unsqueeze without constant axes returned above
             kept = [axis for axis in range(len(y.shape)) if axis not in {a % len(y.shape) for a in axes}]
             pairs = zip(range(len(x.shape)), kept)
         for in_axis, out_axis in pairs:
@@ -125,8 +126,15 @@ def relate_view(rel: Relations, node: gs.Node, x: gs.Tensor, y: gs.Tensor) -> No
             _block(rel, node, dims, f"unresolvable reshape of axes {ins} into {outs}")
 
 
+def _block_dim(rel: Relations, tensor: gs.Tensor, axis: int) -> Dim:
+    """The dim of an axis in a merge or split block: ``factor_blocks`` only puts static sizes > 1 there."""
+    key = rel.dim(tensor, axis)
+    assert key is not None, f"axis {axis} of '{tensor.name}' has no static size"
+    return key
+
+
 def _link_merge(rel: Relations, node: gs.Node, x: gs.Tensor, ins: list[int], y: gs.Tensor, out: int) -> None:
-    source, target = rel.dim(x, ins[0]), rel.dim(y, out)
+    source, target = _block_dim(rel, x, ins[0]), _block_dim(rel, y, out)
     inner = int(np.prod([int(x.shape[axis]) for axis in ins[1:]]))
     rel.link(node, source, np.repeat(np.arange(rel.sizes[source]), inner), target, np.arange(rel.sizes[target]))
 
@@ -134,7 +142,7 @@ def _link_merge(rel: Relations, node: gs.Node, x: gs.Tensor, ins: list[int], y: 
 def _link_split(rel: Relations, node: gs.Node, x: gs.Tensor, axis: int, y: gs.Tensor, outs: list[int]) -> None:
     sizes = [int(y.shape[out]) for out in outs]
     chosen = 1 if len(outs) == 2 and sizes[0] < sizes[1] else 0
-    source, target = rel.dim(x, axis), rel.dim(y, outs[chosen])
+    source, target = _block_dim(rel, x, axis), _block_dim(rel, y, outs[chosen])
     flat = np.arange(rel.sizes[source])
     rel.link(node, source, flat, target, np.unravel_index(flat, sizes)[chosen])
 
@@ -169,6 +177,7 @@ class ReshapeHandler(Handler):
     def update(self, graph: gs.Graph, node: gs.Node, removed: Removed) -> None:
         x, y = node.inputs[0], node.outputs[0]
         target = constant_value(node.inputs[1])
+        assert target is not None  # relate let no axis of a Reshape by a computed target shrink
         allowzero = bool(node.attrs.get("allowzero", 0))
         new = [int(v) for v in target]
         for axis, value in enumerate(new):

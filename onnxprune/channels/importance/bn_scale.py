@@ -2,7 +2,7 @@
 
 Score of channel c = |γ_c| of the group's normalisation scales (role "scale": BatchNormalization
 and InstanceNormalization scales, a channels-last LayerNorm's weight), reduced over the group's
-norms by ``reduction``: "mean" (default; keeps γ's own scale, which seed 001's 0.01-wide
+norms by ``reduction``: "mean" (default; keeps γ's own scale, which the joint-pruning patent's 0.01-wide
 histogram bins assume) or "sum".
 
 Groups without a normalisation scale (a conv followed by no BN, a BN already folded away) are
@@ -13,6 +13,7 @@ rank globally on scores normalised per group, so the different units do not mix.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,13 +25,16 @@ from onnxprune.channels.relations import ROLE_SCALE
 
 REDUCTIONS = ("mean", "sum")
 
+# A criterion: its Protocol lives in the package, which imports this module.
+Scorer = Callable[[ChannelGroup, gs.Graph], np.ndarray]
+
 
 @dataclass(frozen=True)
 class BNScale:
     """|γ| per channel, reduced over the group's norms; ``fallback`` scores groups without one."""
 
     reduction: str = "mean"
-    fallback: object | None = Magnitude(p=1)
+    fallback: Scorer | None = Magnitude(p=1)
     needs_data = False
 
     def __post_init__(self) -> None:

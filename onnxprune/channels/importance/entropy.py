@@ -1,4 +1,4 @@
-"""Relative-entropy kernel importance (seed 003, APBM, Qu et al. 2022).
+"""Relative-entropy kernel importance (APBM, Qu et al. 2022).
 
 For each filter bank of the group (a producer's weight, role "out"; fallbacks as in
 :mod:`.magnitude`), over *all* n filters w_1..w_n of that layer:

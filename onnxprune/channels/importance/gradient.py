@@ -1,4 +1,4 @@
-"""Gradient criteria (seed 002's Taylor filter elasticity, seed 004's GDP) as pruning criteria.
+"""Gradient criteria (Taylor filter elasticity of Li, Zhu & Liu 2024; GDP of Wang et al. 2020) as pruning criteria.
 
 The scores come from the torch round-trip (``onnxprune.retrain.gradients``): one pass of labelled
 training data through the graph itself, keyed by each producer's weight name. They are computed
