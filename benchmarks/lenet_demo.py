@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n{len(test)} test images, {len(train)} training images; {settings.epochs} epochs of "
           f"{settings.optimizer} lr {settings.lr:g}, batch {settings.batch_size}"
           f"{', distilled from the original' if settings.teacher else ''}; "
-          f"criterion {settings.criterion}, {'global ranking' if settings.global_ranking else 'uniform ratio per layer'}, "
+          f"criterion {settings.criterion}, "
+          f"{'global ranking' if settings.global_ranking else 'uniform ratio per layer'}, "
           f"at least {settings.min_channels} channels a layer"
           f"{', ' + ','.join(settings.exclude) + ' kept whole' if settings.exclude else ''}; "
           f"{time.perf_counter() - started:.0f} s in all")

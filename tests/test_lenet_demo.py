@@ -84,7 +84,10 @@ def test_rerun_resumes_from_the_checkpoint_without_training(original, train_set,
     checkpoints = list((tmp_path / "checkpoints").iterdir())
     assert len(checkpoints) == 1 and checkpoints[0].name.startswith("p0.2-")
     _, again = demo.run_target(original, 0.2, train_set, test_set, FAST, tmp_path, resume=True)
-    weights = lambda row: [numpy_helper.to_array(t) for t in row.model.graph.initializer]
+
+    def weights(row):
+        return [numpy_helper.to_array(t) for t in row.model.graph.initializer]
+
     assert all(np.array_equal(a, b) for a, b in zip(weights(first), weights(again)))
     assert again.top1 == first.top1
 

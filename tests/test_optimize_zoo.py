@@ -32,7 +32,8 @@ def foldable_batchnorms(model: onnx.ModelProto) -> list[str]:
         if node.op_type != "BatchNormalization":
             continue
         source = producers.get(node.input[0])
-        if source is not None and source.op_type in LINEAR and readers[node.input[0]] == 1 and node.input[0] not in outputs:
+        if (source is not None and source.op_type in LINEAR and readers[node.input[0]] == 1
+                and node.input[0] not in outputs):
             found.append(node.name)
     return found
 

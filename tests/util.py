@@ -83,7 +83,8 @@ def assert_unchanged(model: onnx.ModelProto, reason: str | None, pass_name: str)
     return result
 
 
-def assert_rewritten(model: onnx.ModelProto, pass_name: str, rewrites: int = 1, ops: dict | None = None) -> onnx.ModelProto:
+def assert_rewritten(model: onnx.ModelProto, pass_name: str, rewrites: int = 1,
+                     ops: dict | None = None) -> onnx.ModelProto:
     """The pass made ``rewrites`` rewrites, left exactly ``ops`` (when given), and kept the outputs."""
     result, report = run_pass(model, pass_name)
     assert len(report.rewrites) == rewrites, report.skipped

@@ -11,11 +11,12 @@ Modes (``PolicyConfig``), exactly one of:
   F of its MACs (FLOPs) / parameters, counted by :class:`CostModel`. With ``global_ranking`` the
   globally lowest normalised scores go first; without it, the smallest uniform per-group ratio
   that meets the target is used.
-- ``threshold="adaptive"`` (joint layer/channel pruning (CN patent, Nanjing Univ. 2021)): per group, a histogram of its γ (mean |γ| over the group's
-  normalisation scales) with ``bin_width`` (0.01) wide bins aligned at multiples of the width,
-  scanned left to right; the first bin that is a local minimum (fewer than the bin before, at most
-  the bin after; the ends count as +inf) gives δ, its lower edge; channels with γ < δ are removed.
-  Groups without a scale are left whole. Scores only break ties when the floor limits removal.
+- ``threshold="adaptive"`` (joint layer/channel pruning (CN patent, Nanjing Univ. 2021)): per group,
+  a histogram of its γ (mean |γ| over the group's normalisation scales) with ``bin_width`` (0.01)
+  wide bins aligned at multiples of the width, scanned left to right; the first bin that is a local
+  minimum (fewer than the bin before, at most the bin after; the ends count as +inf) gives δ, its
+  lower edge; channels with γ < δ are removed. Groups without a scale are left whole. Scores only
+  break ties when the floor limits removal.
 
 Rules every mode obeys: only prunable channels with a finite score go; a group keeps at least
 ``max(min_channels, 1)`` channels, and every tensor axis of it keeps at least one position (a

@@ -63,7 +63,8 @@ def _add_evaluate(commands) -> None:
     parser = commands.add_parser("evaluate", help="top-1/top-5 accuracy on labelled data, with onnxruntime")
     parser.add_argument("model")
     _data_options(parser)
-    parser.add_argument("--split", choices=("test", "train"), default="test", help="x_test/y_test (default) or x_train/y_train")
+    parser.add_argument("--split", choices=("test", "train"), default="test",
+                        help="x_test/y_test (default) or x_train/y_train")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--threads", type=int, help="onnxruntime intra-op threads")
     common_options(parser, data_option=False)
@@ -80,7 +81,8 @@ def _add_finetune(commands) -> None:
 
 
 def _add_sparse_train(commands) -> None:
-    parser = commands.add_parser("sparse-train", help="train with an L1 or polarization penalty on BN scales (needs torch)")
+    parser = commands.add_parser("sparse-train",
+                                 help="train with an L1 or polarization penalty on BN scales (needs torch)")
     _training_options(parser)
     parser.add_argument("--reg", choices=("l1", "polarization"), required=True)
     parser.add_argument("--lambda", dest="lam", type=float, default=1e-4, help="penalty weight (default 1e-4)")
@@ -147,7 +149,8 @@ def _sparse_train(args: argparse.Namespace) -> int:
     model_io.ensure_distinct(args.input, args.output)
     model = model_io.load(args.input)
     sparsity = train.Sparsity(args.reg, args.lam, args.t, args.a)
-    return _run_training(args, model, functools.partial(train.sparse_train, model, sparsity=sparsity, config=_config(args, train)))
+    fit = functools.partial(train.sparse_train, model, sparsity=sparsity, config=_config(args, train))
+    return _run_training(args, model, fit)
 
 
 def _run_training(args: argparse.Namespace, model, fit) -> int:
@@ -168,7 +171,8 @@ def _run_training(args: argparse.Namespace, model, fit) -> int:
         "command": args.command, "input": args.input, "output": args.output, "data": samples.source,
         "history": [dataclasses.asdict(h) for h in result.history],
         "before": before.to_dict() if before else None, "after": after.to_dict() if after else None,
-        "bn_scales_below": {"threshold": SPARSE_THRESHOLD, "before": _share_small(gammas[0]), "after": _share_small(gammas[1])},
+        "bn_scales_below": {"threshold": SPARSE_THRESHOLD,
+                            "before": _share_small(gammas[0]), "after": _share_small(gammas[1])},
     }
     emit(args, payload, lambda: _training_text(args, result.history, before, after, gammas))
     return 0
@@ -186,8 +190,10 @@ def _training_text(args, history, before, after, gammas) -> str:
                      f"{val}  lr {h.lr:.3g}  {h.seconds:.1f} s")
     if before is not None:
         lines += [f"before: {before}", f"after:  {after}"]
-    if args.command == "sparse-train" and len(gammas[0]):
-        lines.append(f"BN scales |γ| < {SPARSE_THRESHOLD}: {100 * _share_small(gammas[0]):.1f} % before, "
-                     f"{100 * _share_small(gammas[1]):.1f} % after ({len(gammas[1])} scales)")
+    # None exactly when the model has no BN scale (training keeps the graph, so both or neither)
+    small_before, small_after = _share_small(gammas[0]), _share_small(gammas[1])
+    if args.command == "sparse-train" and small_before is not None and small_after is not None:
+        lines.append(f"BN scales |γ| < {SPARSE_THRESHOLD}: {100 * small_before:.1f} % before, "
+                     f"{100 * small_after:.1f} % after ({len(gammas[1])} scales)")
     lines.append(f"wrote {args.output}")
     return "\n".join(lines)

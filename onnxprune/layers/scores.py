@@ -2,11 +2,11 @@
 
 Scores (``SCORES``; :func:`score_blocks` dispatches by name):
 
-- ``sparsity`` (joint layer/channel pruning (CN patent, Nanjing Univ. 2021), data-free): for every BatchNormalization of the body, δ is the adaptive
-  histogram threshold (``policy.adaptive_threshold``, bins ``bin_width`` = 0.01 wide) over that BN's
-  |γ|, and s = the fraction of its |γ| below δ. Score = 1 − mean(s) over the body's BNs. After
-  polarised sparse training a redundant unit has many γ ≈ 0, hence a low score. A body without a
-  BN is unscored (NaN).
+- ``sparsity`` (joint layer/channel pruning (CN patent, Nanjing Univ. 2021), data-free): for every
+  BatchNormalization of the body, δ is the adaptive histogram threshold (``policy.adaptive_threshold``,
+  bins ``bin_width`` = 0.01 wide) over that BN's |γ|, and s = the fraction of its |γ| below δ.
+  Score = 1 − mean(s) over the body's BNs. After polarised sparse training a redundant unit has
+  many γ ≈ 0, hence a low score. A body without a BN is unscored (NaN).
 - ``bn`` (data-free): the gain of the body's end relative to the shortcut's. The body's gain is the
   mean |γ| of its last BN (the one nearest the Add); without a BN, the mean L2 norm of the output
   filters of its last weighted layer (Conv/Gemm/MatMul), times the mean |c| of a per-channel
@@ -65,7 +65,8 @@ def needs_data(score: str) -> bool:
 
 
 def sparsity_scores(graph: gs.Graph, blocks: Sequence[Block], bin_width: float = 0.01, **_) -> dict[str, float]:
-    """The joint-pruning patent's score: 1 − mean over the body's BNs of the fraction of |γ| below that BN's adaptive δ."""
+    """The joint-pruning patent's score: 1 − mean over the body's BNs of the fraction of |γ| below
+    that BN's adaptive δ."""
     nodes = _nodes(graph)
     scores = {}
     for block in blocks:
@@ -204,7 +205,7 @@ def output_change(reference: Sequence[Mapping[str, np.ndarray]], candidate: Sequ
     if metric == "top1":
         return float(1.0 - np.mean(ref.argmax(axis=1) == cand.argmax(axis=1)))
     if metric == "l2":
-        return float(np.linalg.norm(ref - cand) / max(np.linalg.norm(ref), 1e-12))
+        return float(np.linalg.norm(ref - cand) / max(float(np.linalg.norm(ref)), 1e-12))
     p, log_p, log_q = _softmax(ref), _log_softmax(ref), _log_softmax(cand)
     return float(np.mean(np.sum(p * (log_p - log_q), axis=1)))
 

@@ -116,19 +116,27 @@ def unit_scales(module: OnnxModule, layers: list[Layer]) -> Iterator[dict[str, n
             module.tensor_hooks.pop(layer.output, None)
 
 
+def _grad(tensor: Tensor, layer: Layer) -> Tensor:
+    """``tensor.grad`` after backward; None means the layer's output never reaches the loss."""
+    if tensor.grad is None:
+        raise InputError(f"{layer.node.op_type} weight '{layer.weight}' gets no gradient from the loss "
+                         "(its output does not reach the model's output)")
+    return tensor.grad
+
+
 def _accumulate(criterion: str, times_weight: bool, module: OnnxModule, layers: list[Layer],
                 units: dict[str, nn.Parameter], totals: dict[str, Tensor]) -> None:
     """Add this batch's per-channel scores to ``totals`` (after backward)."""
     for layer in layers:
         if criterion == "gradient":
             weight = module.initializer(layer.weight)
-            grad = weight.grad * weight if times_weight else weight.grad
+            grad = _grad(weight, layer) * weight if times_weight else _grad(weight, layer)
             batch = layer.filter_view(grad.abs()).sum(1)
         elif layer.scale is not None:
             gamma = module.initializer(layer.scale)
-            batch = (gamma.grad * gamma).abs().reshape(-1)
+            batch = (_grad(gamma, layer) * gamma).abs().reshape(-1)
         else:
-            batch = units[layer.output].grad.abs().reshape(-1)
+            batch = _grad(units[layer.output], layer).abs().reshape(-1)
         totals[layer.weight] = totals.get(layer.weight, 0) + batch.detach().double()
 
 

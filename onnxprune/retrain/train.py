@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -67,7 +67,7 @@ class Sparsity:
         if self.lam < 0 or self.t < 0 or self.a <= 0:
             raise InputError("sparsity needs lambda >= 0, t >= 0 and a > 0")
 
-    def penalty(self, gammas: list[Tensor]) -> Tensor:
+    def penalty(self, gammas: Sequence[Tensor]) -> Tensor:
         """λ·Σ|γ| (l1) or λ·Σ(t|γ| − |γ − γ̄|) (polarization), over every scale of the network."""
         values = torch.cat([g.reshape(-1) for g in gammas])
         if self.reg == "l1":
@@ -75,7 +75,7 @@ class Sparsity:
         return self.lam * (self.t * values.abs() - (values - values.mean()).abs()).sum()
 
     @torch.no_grad()
-    def project(self, gammas: list[Tensor]) -> None:
+    def project(self, gammas: Sequence[Tensor]) -> None:
         """Polarization keeps every γ in [0, a]; L1 leaves them free."""
         if self.reg == "polarization":
             for gamma in gammas:
@@ -295,7 +295,9 @@ class Trainer:
         val_top1 = None
         if self.val is not None and self.placement.main:
             val_top1 = accuracy(self.module, self.val, self.config.batch_size, self.device)
-        return EpochStats(epoch + 1, float(totals[0] / totals[2]), float(totals[1] / totals[2]), self.scheduler.get_last_lr()[0],
+        # the learning rate is a plain float (TrainConfig.learning_rate); float() narrows torch's float | Tensor
+        lr = float(self.scheduler.get_last_lr()[0])
+        return EpochStats(epoch + 1, float(totals[0] / totals[2]), float(totals[1] / totals[2]), lr,
                           time.perf_counter() - started, penalty, val_top1)
 
     def _step(self, x: Tensor, y: Tensor) -> tuple[float, int, float | None]:
@@ -321,7 +323,8 @@ class Trainer:
         with torch.no_grad():
             target = self.teacher(x)
         t, alpha = self.config.temperature, self.config.distill_alpha
-        soft = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1), reduction="batchmean", log_target=True)
+        soft = F.kl_div(F.log_softmax(logits / t, 1), F.log_softmax(target / t, 1),
+                        reduction="batchmean", log_target=True)
         return (1 - alpha) * hard + alpha * t * t * soft
 
     def _checkpoint_path(self) -> Path | None:
@@ -358,12 +361,13 @@ class Trainer:
         return int(state["epochs_done"])
 
 
-def _project_at_start(sparsity: Sparsity, gammas: list[Tensor]) -> None:
+def _project_at_start(sparsity: Sparsity, gammas: Sequence[Tensor]) -> None:
     """Polarization starts from γ in [0, a]; say how many scales that moved."""
     values = torch.cat([g.detach().reshape(-1) for g in gammas])
     outside = int(((values < 0) | (values > sparsity.a)).sum())
     if sparsity.reg == "polarization" and outside:
-        log.warning("polarization: %d of %d BN scales clamped into [0, %g] before training", outside, len(values), sparsity.a)
+        log.warning("polarization: %d of %d BN scales clamped into [0, %g] before training",
+                    outside, len(values), sparsity.a)
     sparsity.project(gammas)
 
 
@@ -375,7 +379,8 @@ def _optimizer(module: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
 
 
 @torch.no_grad()
-def accuracy(module: OnnxModule, labelled: LabelledData, batch_size: int = 256, device: torch.device | str = "cpu") -> float:
+def accuracy(module: OnnxModule, labelled: LabelledData, batch_size: int = 256,
+             device: torch.device | str = "cpu") -> float:
     """Top-1 accuracy of the torch module in eval mode (the per-epoch check; onnxruntime judges)."""
     was_training = module.training
     module.eval()
@@ -419,7 +424,7 @@ def iterative_pruning(model: onnx.ModelProto, prune_step: PruneStep, train: Labe
     """Li, Zhu & Liu's loop: prune a fraction, fine-tune briefly, repeat until ``prune_step`` returns
     None (target met) or ``rounds`` are done. Each round checkpoints into ``<checkpoint>/round<r>``."""
     config = config or TrainConfig()
-    histories = []
+    histories: list[list[EpochStats]] = []
     for round_index in range(rounds):
         pruned = prune_step(model, round_index)
         if pruned is None:

@@ -50,7 +50,8 @@ class Net:
         self.nodes.append(helper.make_node(op, list(inputs), [output], name=output, **attrs))
         return output
 
-    def conv(self, x: str, name: str, cout: int, cin: int, k: int = 1, group: int = 1, bias: bool = False, **attrs) -> str:
+    def conv(self, x: str, name: str, cout: int, cin: int, k: int = 1, group: int = 1, bias: bool = False,
+             **attrs) -> str:
         inputs = [x, self.const(f"w{name}", rand(cout, cin // group, k, k))]
         if bias:
             inputs.append(self.const(f"b{name}", rand(cout)))
@@ -406,7 +407,8 @@ def test_squeeze_excite_through_squeeze_gemm_unsqueeze(opset):
     extra = [] if opset < 13 else [net.const("axes", np.array([2, 3], dtype=np.int64))]
     net.op("Squeeze", [net.op("GlobalAveragePool", ["ra"], "gp"), *extra], "sq", **axes)
     net.op("Relu", [net.op("Gemm", ["sq", net.const("w1", rand(2, 8)), net.const("b1", rand(2))], "g1", transB=1)], "h")
-    net.op("Sigmoid", [net.op("Gemm", ["h", net.const("w2", rand(8, 2)), net.const("b2", rand(8))], "g2", transB=1)], "gate")
+    gemm2 = net.op("Gemm", ["h", net.const("w2", rand(8, 2)), net.const("b2", rand(8))], "g2", transB=1)
+    net.op("Sigmoid", [gemm2], "gate")
     net.op("Mul", ["ra", net.op("Unsqueeze", ["gate", *extra], "us", **axes)], "m")
     net.conv("m", "c", 3, 8)
     model = net.model([1, 3, 4, 4], {"c": 4}, opset)
@@ -428,7 +430,8 @@ def test_resize_passes_channels_through(by):
     net.op("Relu", [net.conv("x", "a", 4, 3)], "ra")
     scales = net.const("scales", np.array([1, 1, 2, 2], dtype=np.float32))
     if by == "sizes":
-        net.op("Resize", ["ra", "", "", net.const("sizes", np.array([1, 4, 8, 8], dtype=np.int64))], "up", mode="nearest")
+        sizes = net.const("sizes", np.array([1, 4, 8, 8], dtype=np.int64))
+        net.op("Resize", ["ra", "", "", sizes], "up", mode="nearest")
     else:
         net.op("Upsample" if by == "upsample" else "Resize", ["ra", *([] if by == "upsample" else [""]), scales], "up")
     net.conv("up", "c", 3, 4)
@@ -466,7 +469,8 @@ def test_channels_last_layernorm_and_linear_pair():
     net.conv(net.op("Add", [a, "t2"], "s"), "c", 3, 8)
     channel_graph = analysed(net.model([1, 3, 4, 4], {"c": 4}, opset=17))
     stream, hidden = group_of(channel_graph, ("wa", 0)), group_of(channel_graph, ("m1", 1))
-    assert {("t1", 3), ("ln_w", 0), ("ln_b", 0), ("ln", 3), ("m1", 0), ("m2", 1), ("t2", 1), ("s", 1)} <= set(stream.members)
+    expected = {("t1", 3), ("ln_w", 0), ("ln_b", 0), ("ln", 3), ("m1", 0), ("m2", 1), ("t2", 1), ("s", 1)}
+    assert expected <= set(stream.members)
     assert stream.prunable.all() and stream.inexact == ["LayerNormalization 'ln': normalises over the channel axis"]
     assert set(hidden.members) == {("m1", 1), ("h1", 3), ("h", 3), ("m2", 0)}
     assert hidden.size == 32 and hidden.prunable.all() and not hidden.inexact

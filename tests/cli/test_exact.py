@@ -108,7 +108,8 @@ def test_optimized_output_keeps_dynamic_batch(model_path, tmp_path):
 
 def test_check_detects_a_changed_model(model_path, tmp_path, capsys):
     changed = conv_bn_model()
-    changed.graph.initializer[0].raw_data = (np.frombuffer(changed.graph.initializer[0].raw_data, np.float32) * 1.01).tobytes()
+    weights = np.frombuffer(changed.graph.initializer[0].raw_data, np.float32)
+    changed.graph.initializer[0].raw_data = (weights * 1.01).tobytes()
     other = tmp_path / "changed.onnx"
     onnx.save(changed, other)
     assert main(["check", str(model_path), str(model_path)]) == 0

@@ -53,7 +53,8 @@ def test_keep_bn_leaves_batchnorm_for_finetuning_and_optimize_folds_it_exactly(m
 @pytest.mark.parametrize("criterion", ["l2", "bn", "entropy", "random"])
 def test_every_criterion_prunes(model_path, tmp_path, criterion):
     out = tmp_path / "pruned.onnx"
-    assert main(["prune", str(model_path), str(out), "--criterion", criterion, "--ratio", "0.25", "--runs", "0", "-q"]) == 0
+    args = ["prune", str(model_path), str(out), "--criterion", criterion, "--ratio", "0.25", "--runs", "0", "-q"]
+    assert main(args) == 0
     assert model_stats(onnx.load(out)).params < model_stats(onnx.load(model_path)).params
 
 

@@ -27,7 +27,8 @@ def stripes_data(count: int = 96, seed: int = 0) -> LabelledData:
     return LabelledData(images, labels, source="stripes")
 
 
-def conv_net(width: int = 8, batchnorm: bool = True, seed: int = 0, gamma: tuple[float, float] = (0.5, 1.5)) -> onnx.ModelProto:
+def conv_net(width: int = 8, batchnorm: bool = True, seed: int = 0,
+             gamma: tuple[float, float] = (0.5, 1.5)) -> onnx.ModelProto:
     """Conv-BN-Relu-MaxPool-Conv-BN-Relu-Flatten-Gemm for [N, 1, 8, 8] inputs and 3 classes."""
     rng = np.random.default_rng(seed)
     inits: dict[str, np.ndarray] = {
@@ -40,7 +41,8 @@ def conv_net(width: int = 8, batchnorm: bool = True, seed: int = 0, gamma: tuple
     last = "c1"
     if batchnorm:
         last = _add_bn(nodes, inits, "bn1", "c1", width, rng, gamma)
-    nodes += [helper.make_node("Relu", [last], ["r1"]), helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
+    nodes += [helper.make_node("Relu", [last], ["r1"]),
+              helper.make_node("MaxPool", ["r1"], ["p1"], kernel_shape=[2, 2], strides=[2, 2]),
               helper.make_node("Conv", ["p1", "conv2.weight"], ["c2"], pads=[1, 1, 1, 1])]
     last = _add_bn(nodes, inits, "bn2", "c2", width, rng, gamma) if batchnorm else "c2"
     nodes += [helper.make_node("Relu", [last], ["r2"]), helper.make_node("Flatten", ["r2"], ["f"]),

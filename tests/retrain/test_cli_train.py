@@ -61,11 +61,16 @@ def mnist_arrays(count: int = 32) -> dict[str, np.ndarray]:
 
 
 BAD_FILES = {
-    "missing keys": (lambda a: {"images": a["x_test"], "labels": a["y_test"]}, r"no 'x_test' or 'y_test' array \(it has: images, labels\)"),
-    "wrong image shape": (lambda a: {"x_test": a["x_test"][:, :20], "y_test": a["y_test"]}, r"'x_test' has shape \[32, 20, 28\]"),
-    "label out of range": (lambda a: {"x_test": a["x_test"], "y_test": np.full(32, 12)}, r"label 12 is out of range \(the model has 10 classes"),
-    "negative label": (lambda a: {"x_test": a["x_test"], "y_test": -np.ones(32, np.int64)}, r"label -1 is out of range"),
-    "label count": (lambda a: {"x_test": a["x_test"], "y_test": a["y_test"][:5]}, r"'y_test' has shape \[5\]; expected \[32\]"),
+    "missing keys": (lambda a: {"images": a["x_test"], "labels": a["y_test"]},
+                     r"no 'x_test' or 'y_test' array \(it has: images, labels\)"),
+    "wrong image shape": (lambda a: {"x_test": a["x_test"][:, :20], "y_test": a["y_test"]},
+                          r"'x_test' has shape \[32, 20, 28\]"),
+    "label out of range": (lambda a: {"x_test": a["x_test"], "y_test": np.full(32, 12)},
+                           r"label 12 is out of range \(the model has 10 classes"),
+    "negative label": (lambda a: {"x_test": a["x_test"], "y_test": -np.ones(32, np.int64)},
+                       r"label -1 is out of range"),
+    "label count": (lambda a: {"x_test": a["x_test"], "y_test": a["y_test"][:5]},
+                    r"'y_test' has shape \[5\]; expected \[32\]"),
     "float labels": (lambda a: {"x_test": a["x_test"], "y_test": a["y_test"] + 0.5}, r"non-integer labels"),
 }
 

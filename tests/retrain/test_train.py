@@ -126,7 +126,8 @@ def test_distillation_pulls_the_student_towards_the_teacher():
         with torch.no_grad():
             x = torch.from_numpy(data.inputs())
             s, t = OnnxModule(model).eval()(x), OnnxModule(teacher).eval()(x)
-        return float(torch.nn.functional.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True, reduction="batchmean"))
+        return float(torch.nn.functional.kl_div(s.log_softmax(1), t.log_softmax(1), log_target=True,
+                                                reduction="batchmean"))
 
     config = TrainConfig(epochs=3, lr=0.05, batch_size=32, distill_alpha=1.0, temperature=2.0)
     assert distance(finetune(student, data, config, teacher=teacher).model) < 0.5 * distance(student)

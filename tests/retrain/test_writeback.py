@@ -45,7 +45,8 @@ def small_model() -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.parametrize("model", [small_model(), onnx.load(MODELS / "resnet20_cifar10.onnx")], ids=["small", "resnet20"])
+@pytest.mark.parametrize("model", [small_model(), onnx.load(MODELS / "resnet20_cifar10.onnx")],
+                         ids=["small", "resnet20"])
 def test_round_trip_without_training_is_bit_identical(model):
     module = OnnxModule(model)
     result = write_back(model, module.initializer_arrays())

@@ -52,8 +52,10 @@ class Gradient:
         except ImportError as exc:
             raise InputError(f"criterion {self.mode} needs torch: pip install 'onnxprune[train]' ({exc})") from exc
         model = gs.export_onnx(graph, do_type_check=False)
-        split = "train" if "train" in available_splits(self.data) else "test"
+        data = self.data
+        assert data is not None  # __post_init__ rejects a missing data path
+        split = "train" if "train" in available_splits(data) else "test"
         if split == "test":
-            log.warning("%s has no x_train/y_train: scoring channels on x_test/y_test", self.data)
-        labelled = load_labelled(self.data, model, split=split, mean=self.mean, std=self.std, limit=self.limit)
+            log.warning("%s has no x_train/y_train: scoring channels on x_test/y_test", data)
+        labelled = load_labelled(data, model, split=split, mean=self.mean, std=self.std, limit=self.limit)
         return channel_scores(model, labelled, self.mode, batch_size=self.batch_size)
