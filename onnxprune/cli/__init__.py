@@ -2,6 +2,7 @@
 
 Exit codes: 0 success, 1 a failed check (outputs differ), 2 bad input (missing or corrupt file,
 unknown pass, missing input shape, ...), 3 an internal error (a bug: rerun with --debug).
+Every error is exactly one line on stderr, never a traceback (unless --debug).
 Each module of this package registers one group of commands.
 """
 
@@ -32,11 +33,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not (args.debug or args.verbose):
-        onnxruntime.set_default_logger_severity(3)  # its own optimizer's notes are not the user's problem
+        onnxruntime.set_default_logger_severity(4)  # its notes are not the user's problem; its errors reach us raised
     try:
         return args.handler(args)
     except OnnxPruneError as error:
-        print(f"onnxprune: error: {flagged(error)}", file=sys.stderr)
+        print(f"onnxprune: error: {one_line(flagged(error))}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("onnxprune: interrupted", file=sys.stderr)
@@ -44,8 +45,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a bug: say so in one line unless asked for the traceback
         if args.debug:
             raise
-        print(f"onnxprune: internal error: {type(error).__name__}: {error} (rerun with --debug)", file=sys.stderr)
+        print(f"onnxprune: internal error: {type(error).__name__}: {one_line(str(error))} (rerun with --debug)",
+              file=sys.stderr)
         return 3
+
+
+def one_line(message: str) -> str:
+    """A message that quotes a multi-line library error, as the single line the CLI promises."""
+    return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
 def build_parser() -> argparse.ArgumentParser:
