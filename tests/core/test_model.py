@@ -10,6 +10,7 @@ import pytest
 from onnx import helper
 
 from onnxprune.core import model as model_io
+from onnxprune.core import validate
 from onnxprune.core.errors import InputError, UnsupportedModelError
 from tests.util import make_model, tensor
 
@@ -206,4 +207,4 @@ def test_legal_oddities_are_accepted(tmp_path):
     (onnx.TensorProto.STRING, [2], None),
 ])
 def test_declared_bytes(data_type, dims, expected):
-    assert model_io.declared_bytes(onnx.TensorProto(data_type=data_type, dims=dims)) == expected
+    assert validate.declared_bytes(onnx.TensorProto(data_type=data_type, dims=dims)) == expected
