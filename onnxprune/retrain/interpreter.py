@@ -40,6 +40,7 @@ log = logging.getLogger(__name__)
 OPS = load_all()
 FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16}
 FOLDED = "Constant"  # folded into buffers when the module is built, never run
+PREPROCESSING = ("Add", "Sub", "Mul", "Div")  # their constants stay buffers when they read a graph input
 
 
 @dataclass(frozen=True)
@@ -117,12 +118,16 @@ def check_supported(model: onnx.ModelProto) -> None:
 def learnable_initializers(model: onnx.ModelProto) -> set[str]:
     """Float initializers that every reader takes at a learnable position (see ``OpSpec``)."""
     floats = {t.name: math.prod(t.dims) for t in model.graph.initializer if t.data_type in FLOAT_TYPES}
+    graph_inputs = {v.name for v in model.graph.input} - set(floats)
     verdicts: dict[str, list[bool]] = defaultdict(list)
     for node in model.graph.node:
         spec = OPS.get(node.op_type)
+        # x - mean, x / std, ... applied to a graph input is preprocessing, not a layer: keep it fixed
+        preprocessing = node.op_type in PREPROCESSING and any(name in graph_inputs for name in node.input)
         for position, name in enumerate(node.input):
             if name in floats:
-                verdicts[name].append(spec is not None and position in spec.learnable and floats[name] >= spec.min_size)
+                verdicts[name].append(spec is not None and position in spec.learnable and floats[name] >= spec.min_size
+                                      and not preprocessing)
     return {name for name, flags in verdicts.items() if all(flags)}
 
 

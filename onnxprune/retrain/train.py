@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -41,15 +41,24 @@ from tqdm import tqdm
 from onnxprune.core.errors import InputError, OptionError
 from onnxprune.retrain.evaluate import LabelledData, check_label_range
 from onnxprune.retrain.interpreter import OnnxModule
+from onnxprune.retrain.renorm import Unfolded, recalibrate, unfold_batchnorm
 from onnxprune.retrain.writeback import write_back
 
 log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(OptionError):
+    """The loss became inf/NaN: a failed run (exit 1), never a NaN model written with exit 0."""
+
+    exit_code = 1
+
 
 OPTIMIZERS = ("sgd", "adamw")
 AUGMENTATIONS = ("crop", "flip")
 REGULARIZERS = ("l1", "polarization")
 DEFAULT_LR = {"sgd": 0.01, "adamw": 1e-3}
 CHECKPOINT_FILE = "checkpoint.pt"
+CALIBRATION_SAMPLES = 1024  # images measuring the statistics of re-inserted BatchNorms
 
 
 @dataclass(frozen=True)
@@ -102,6 +111,8 @@ class TrainConfig:
     temperature: float = 4.0
     sparsity: Sparsity | None = None
     progress: bool = False
+    unfold_batchnorm: bool = True  # train BN-less Convs (folded by prune/optimize) with a BatchNorm, refold after
+    recalibrate_bn: bool = False  # re-measure every BN's running statistics after each epoch (re-inserted ones always)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -247,7 +258,13 @@ class Trainer:
         self.device = resolve_device(config.device, self.placement.local_rank)
         self.owns_group = self.placement.start(self.device)
         torch.manual_seed(config.seed)
-        self.module = OnnxModule(model).to(self.device)
+        self.unfolded: Unfolded | None = None
+        if config.unfold_batchnorm and config.sparsity is None:
+            self.unfolded = unfold_batchnorm(model, self._calibration_batches(), self.device)
+            if self.unfolded is not None:
+                log.info("training with %d BatchNormalization(s) re-inserted after BN-less Convs, folded back after",
+                         len(self.unfolded.plan))
+        self.module = OnnxModule(self.unfolded.model if self.unfolded is not None else model).to(self.device)
         self.net: nn.Module = self.module
         if self.placement.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -273,7 +290,8 @@ class Trainer:
         finally:
             if self.owns_group:
                 dist.destroy_process_group()
-        trained = write_back(self.model, self.module.initializer_arrays())
+        arrays = self.module.initializer_arrays()
+        trained = write_back(self.model, self.unfolded.refold(arrays) if self.unfolded is not None else arrays)
         return TrainResult(trained, list(self.history))
 
     def _epoch(self, epoch: int) -> EpochStats:
@@ -292,6 +310,9 @@ class Trainer:
             totals += (loss * len(index), correct, len(index))
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{100 * totals[1] / totals[2]:.2f}%")
         bar.close()
+        if self.config.recalibrate_bn or self.unfolded is not None:  # running averages lag the weights: re-measure
+            only = None if self.config.recalibrate_bn or self.unfolded is None else self.unfolded.bn_inputs
+            recalibrate(self.module, self._calibration_batches(), self.device, only)
         val_top1 = None
         if self.val is not None and self.placement.main:
             val_top1 = accuracy(self.module, self.val, self.config.batch_size, self.device)
@@ -300,12 +321,21 @@ class Trainer:
         return EpochStats(epoch + 1, float(totals[0] / totals[2]), float(totals[1] / totals[2]), lr,
                           time.perf_counter() - started, penalty, val_top1)
 
+    def _calibration_batches(self) -> Iterator[np.ndarray]:
+        """The first CALIBRATION_SAMPLES training inputs, unaugmented, in file order (the same on every rank)."""
+        count = min(len(self.train), CALIBRATION_SAMPLES)
+        for start in range(0, count, self.config.batch_size):
+            yield self.train.inputs(slice(start, min(count, start + self.config.batch_size)))
+
     def _step(self, x: Tensor, y: Tensor) -> tuple[float, int, float | None]:
         x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
         logits = self.net(x)
         loss = self._loss(logits, y, x)
         penalty = self.config.sparsity.penalty(self.gammas) if self.config.sparsity is not None else None
         total = loss + penalty if penalty is not None else loss
+        if not torch.isfinite(total):
+            raise TrainingDiverged(f"the training loss is {float(total.detach())}: training diverged "
+                                   f"(lower the {{}} {self.config.lr:g}); nothing written", "lr")
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
