@@ -35,12 +35,16 @@ def check_equivalence(
     candidate: verify.ModelLike,
     feeds: Feeds,
     atol: float | None = None,
-    rtol: float = 1e-5,
+    rtol: float | None = None,
 ) -> verify.Equivalence:
-    """Compare two models; ``atol=None`` means ``rtol`` times each output's largest magnitude."""
-    if atol is None:
-        return verify.compare_scaled(reference, candidate, feeds, rel=rtol)
-    return verify.compare(reference, candidate, feeds, atol=atol, rtol=rtol)
+    """Compare two models: the noise-aware rule by default, a given tolerance overrides it.
+
+    Default (see :mod:`onnxprune.measure.noise`): every element within 3x the reference's own
+    float32 noise floor (onnxruntime with graph optimizations off vs on), and never less than 1e-5
+    of the output's scale. ``rtol`` alone: that fraction of each output's largest magnitude;
+    ``atol``: polygraphy's rule with ``atol`` and ``rtol``.
+    """
+    return verify.equivalent(reference, candidate, feeds, atol, rtol)
 
 
 def optimize_file(
@@ -51,7 +55,7 @@ def optimize_file(
     input_shapes: Shapes = None,
     data_source: data.DataSource | None = None,
     atol: float | None = None,
-    rtol: float = 1e-5,
+    rtol: float | None = None,
     runs: int = 20,
     threads: int = 1,
     external_data: bool | None = None,
@@ -68,7 +72,7 @@ def optimize_file(
     def rewrite(model: onnx.ModelProto, _: Inputs) -> pipeline.PipelineResult:
         return pipeline.optimize(model, passes, skip, progress=progress, options=options)
 
-    def check(original: onnx.ModelProto, optimized: onnx.ModelProto, inputs: Inputs) -> verify.Equivalence:
+    def check(original: verify.ModelLike, optimized: verify.ModelLike, inputs: Inputs) -> verify.Equivalence:
         equivalence = check_equivalence(original, optimized, inputs.feeds, atol, rtol)
         if not equivalence.passed:
             raise VerificationError(f"optimized model differs from {source}: {_worst(equivalence)}; nothing written")
@@ -81,4 +85,6 @@ def optimize_file(
 
 def _worst(equivalence: verify.Equivalence) -> str:
     failed = [diff for diff in equivalence.outputs if not diff.passed]
-    return ", ".join(f"output '{d.name}' max abs error {d.max_abs:.3g} (max rel {d.max_rel:.3g})" for d in failed)
+    return ", ".join(f"output '{d.name}' max abs error {d.max_abs:.3g} > allowed {d.atol:.3g}"
+                     + (f" (noise floor {d.noise_floor:.3g})" if d.noise_floor is not None else "")
+                     for d in failed)

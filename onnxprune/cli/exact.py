@@ -89,10 +89,12 @@ def _optimize_text(outcome: api.OptimizeOutcome) -> str:
     before = report.summary_metrics(cost.before.stats, cost.before.median_ms)
     after = report.summary_metrics(cost.after.stats, cost.after.median_ms)
     worst = max((d.max_abs for d in outcome.equivalence.outputs), default=0.0)
+    margin = min((d.margin for d in outcome.equivalence.outputs), default=float("inf"))
     return "\n".join([
         report.passes_table(outcome.result.reports), "",
         report.before_after(before, after), "",
-        f"verified on {cost.inputs.source}: outputs match (max abs error {worst:.3g})",
+        f"verified on {cost.inputs.source}: outputs match (max abs error {worst:.3g}, "
+        f"{margin:.3g}x inside the {outcome.equivalence.rule} bound)",
         f"wrote {cost.destination}",
     ])
 
@@ -104,10 +106,10 @@ def _check(args: argparse.Namespace) -> int:
         reference, data.parse_input_shapes(args.input_shape), data_source(args), samples=args.samples, seed=args.seed
     )
     equivalence = api.check_equivalence(args.reference, args.candidate, inputs.feeds, args.atol, args.rtol)
-    rows = [(d.name, d.max_abs, d.max_rel, f"{d.mismatched}/{d.total}", "ok" if d.passed else "FAIL")
-            for d in equivalence.outputs]
+    rows = [(d.name, d.max_abs, d.atol, "-" if d.noise_floor is None else d.noise_floor, d.max_rel,
+             f"{d.mismatched}/{d.total}", "ok" if d.passed else "FAIL") for d in equivalence.outputs]
     verdict = "PASS: outputs match" if equivalence.passed else "FAIL: outputs differ beyond tolerance"
-    text = report.table(("output", "max abs", "max rel", "mismatched", "result"), rows)
+    text = report.table(("output", "max abs", "allowed", "noise floor", "max rel", "mismatched", "result"), rows)
     emit(args, {"command": "check", "inputs": inputs.source, **equivalence.to_dict()},
           lambda: f"{text}\n\n{verdict} (on {inputs.source})")
     return 0 if equivalence.passed else 1

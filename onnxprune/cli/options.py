@@ -29,8 +29,10 @@ def common_options(parser: argparse.ArgumentParser, data_option: bool = True) ->
 
 def tolerance_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--atol", type=float, default=None,
-                        help="absolute tolerance (default: rtol times each output's largest magnitude)")
-    parser.add_argument("--rtol", type=float, default=1e-5, help="relative tolerance (default 1e-5)")
+                        help="absolute tolerance (default: 3x the model's own float32 noise floor, at least "
+                             "1e-5 of each output's scale)")
+    parser.add_argument("--rtol", type=float, default=None,
+                        help="relative tolerance; alone: that fraction of each output's largest magnitude")
 
 
 def emit(args: argparse.Namespace, payload: dict, text: Callable[[], str]) -> None:

@@ -2,7 +2,9 @@
 
 Exact passes must not change outputs, and pruning must say how much it changed them, so
 both are measured the same way: run the reference and the candidate on the same feeds
-with onnxruntime's CPU provider and compare outputs by name.
+with onnxruntime's CPU provider and compare outputs by name. :func:`equivalent` is the one
+entry point: the noise-aware rule of :mod:`onnxprune.measure.noise` unless the user gives a
+tolerance.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import TypeAlias
 
 import numpy as np
 import onnx
@@ -18,12 +21,13 @@ import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from onnxprune.core.errors import InputError, VerificationError
+from onnxprune.measure import noise
 
 logger = logging.getLogger(__name__)
 
-ModelLike = onnx.ModelProto | str | os.PathLike
-SessionLike = ModelLike | ort.InferenceSession
-Feed = Mapping[str, np.ndarray]
+ModelLike: TypeAlias = onnx.ModelProto | str | os.PathLike
+SessionLike: TypeAlias = ModelLike | ort.InferenceSession
+Feed: TypeAlias = Mapping[str, np.ndarray]
 
 #: Added to |ref| in the relative error so exact zeros give a large, finite number.
 REL_EPS = 1e-12
@@ -47,9 +51,10 @@ def _first_line(exc: BaseException) -> str:
 
 
 def session(
-    model: ModelLike, threads: int | None = None, optimize: bool = True
+    model: ModelLike | bytes, threads: int | None = None, optimize: bool = True
 ) -> ort.InferenceSession:
-    """CPU inference session; a path is passed as a path so external data next to it loads."""
+    """CPU inference session; a path is passed as a path so external data next to it loads, and
+    serialized bytes as they are, so several sessions of one model serialize it once."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if threads:
@@ -57,7 +62,10 @@ def session(
         options.inter_op_num_threads = 1
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else os.fspath(model)
+    if isinstance(model, onnx.ModelProto):
+        source: str | bytes = model.SerializeToString()
+    else:
+        source = model if isinstance(model, bytes) else os.fspath(model)
     try:
         return ort.InferenceSession(source, options, providers=["CPUExecutionProvider"])
     except _ORT_ERRORS as exc:
@@ -91,7 +99,9 @@ def run(model_or_session: SessionLike, feeds: Sequence[Feed]) -> list[dict[str, 
 
 @dataclass
 class OutputDiff:
-    """How one output differs over all feeds; ``atol`` is the absolute tolerance applied."""
+    """How one output differs over all feeds: ``max_abs`` is the deviation, ``atol`` the absolute
+    tolerance applied (under the noise rule, the whole bound) and ``noise_floor`` the reference's
+    own rounding that bound came from (None under the other rules)."""
 
     name: str
     max_abs: float
@@ -100,23 +110,40 @@ class OutputDiff:
     total: int
     passed: bool
     atol: float
+    noise_floor: float | None = None
+
+    @property
+    def margin(self) -> float:
+        """``atol / max_abs``: how many times the deviation fits in the bound (inf when exact)."""
+        if self.max_abs == 0.0:
+            return float("inf")
+        return self.atol / self.max_abs
 
 
 @dataclass
 class Equivalence:
-    """Per-output differences. ``atol`` None means a per-output scaled atol (see each output)."""
+    """Per-output differences under one rule.
+
+    ``rule`` "tolerance": every output uses ``atol`` and ``rtol`` (Polygraphy semantics);
+    "scaled": each output's atol is ``rtol * max|ref|``; "noise": each output's atol is
+    ``max(noise_multiple * noise_floor, rtol * max|ref|)``, applied alone. ``atol`` is None
+    when it is per output.
+    """
 
     outputs: list[OutputDiff]
     atol: float | None
     rtol: float
+    rule: str = "tolerance"
+    noise_multiple: float | None = None
 
     @property
     def passed(self) -> bool:
         return all(o.passed for o in self.outputs)
 
     def to_dict(self) -> dict:
-        outputs = [asdict(o) for o in self.outputs]
-        return {"passed": self.passed, "atol": self.atol, "rtol": self.rtol, "outputs": outputs}
+        outputs = [asdict(o) | {"margin": o.margin} for o in self.outputs]
+        settings = {"rule": self.rule, "atol": self.atol, "rtol": self.rtol, "noise_multiple": self.noise_multiple}
+        return {"passed": self.passed, **settings, "outputs": outputs}
 
 
 def _element_errors(ref: np.ndarray, cand: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,11 +221,15 @@ def compare(
     return Equivalence(_diffs(ref_outs, cand_outs, atols, rtol), atol, rtol)
 
 
-def output_scaled_atol(ref_outputs: Iterable[np.ndarray], rel: float) -> float:
-    """``rel * max|ref|`` over finite values: "exact" means within 1e-5 of the output's scale."""
+def output_peak(ref_outputs: Iterable[np.ndarray]) -> float:
+    """``max|ref|`` over finite values: the scale a tolerance follows."""
     finite = [a[np.isfinite(a)] for a in map(np.asarray, ref_outputs)]
-    peaks = [float(np.abs(a).max()) for a in finite if a.size]
-    return rel * max(peaks, default=0.0)
+    return max((float(np.abs(a).max()) for a in finite if a.size), default=0.0)
+
+
+def output_scaled_atol(ref_outputs: Iterable[np.ndarray], rel: float) -> float:
+    """``rel * max|ref|`` over finite values: "exact" means within ``rel`` of the output's scale."""
+    return rel * output_peak(ref_outputs)
 
 
 def compare_scaled(
@@ -207,7 +238,45 @@ def compare_scaled(
     """:func:`compare` with ``atol = rel * max|ref|`` per output: tolerance follows output scale."""
     ref_outs, cand_outs = _run_pair(reference, candidate, feeds)
     atols = {name: output_scaled_atol((r[name] for r in ref_outs), rel) for name in ref_outs[0]}
-    return Equivalence(_diffs(ref_outs, cand_outs, atols, rel), None, rel)
+    return Equivalence(_diffs(ref_outs, cand_outs, atols, rel), None, rel, "scaled")
+
+
+def compare_noise(reference: ModelLike, candidate: SessionLike, feeds: Sequence[Feed]) -> Equivalence:
+    """Pass each output within ``noise.bound`` of the reference, its floor measured on ``feeds``.
+
+    The reference must be a model, not a session: the floor needs it run unoptimized too.
+    """
+    source = reference.SerializeToString() if isinstance(reference, onnx.ModelProto) else reference
+    ref_outs, cand_outs = _run_pair(session(source), candidate, feeds)
+    plain_outs = run(session(source, optimize=False), feeds)
+    floors, atols = {}, {}
+    for name in ref_outs[0]:
+        refs = [r[name] for r in ref_outs]
+        floors[name] = noise.floor(refs, [p[name] for p in plain_outs])
+        atols[name] = noise.bound(floors[name], output_peak(refs))
+    diffs = _diffs(ref_outs, cand_outs, atols, 0.0)
+    for diff in diffs:
+        diff.noise_floor = floors.get(diff.name)
+    return Equivalence(diffs, None, noise.SCALE_FLOOR, "noise", noise.NOISE_MULTIPLE)
+
+
+def equivalent(
+    reference: ModelLike,
+    candidate: SessionLike,
+    feeds: Sequence[Feed],
+    atol: float | None = None,
+    rtol: float | None = None,
+) -> Equivalence:
+    """Whether ``candidate`` computes what ``reference`` does: the noise rule unless a tolerance is given.
+
+    Neither given: :func:`compare_noise`. Only ``rtol``: :func:`compare_scaled` (atol follows each
+    output's scale). ``atol``: :func:`compare` with it, and ``rtol`` (0 when not given).
+    """
+    if atol is not None:
+        return compare(reference, candidate, feeds, atol=atol, rtol=rtol or 0.0)
+    if rtol is not None:
+        return compare_scaled(reference, candidate, feeds, rel=rtol)
+    return compare_noise(reference, candidate, feeds)
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""Equivalence (Polygraphy tolerance semantics) and fidelity checks with onnxruntime."""
+"""Equivalence (Polygraphy tolerance semantics, the noise rule) and fidelity checks with onnxruntime."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from onnxprune.core.errors import InputError, VerificationError
+from onnxprune.measure import noise
 from onnxprune.measure.verify import (
     _diff_output,
     compare,
     compare_scaled,
+    equivalent,
     fidelity,
     output_scaled_atol,
     run,
@@ -37,10 +39,10 @@ def gemm_model(weight: np.ndarray = WEIGHT, out_name: str = "y") -> onnx.ModelPr
 FEEDS = [{"x": RNG.standard_normal((5, 4)).astype(np.float32)} for _ in range(2)]
 
 
-def test_session_from_proto_and_path(tmp_path):
+def test_session_from_proto_bytes_and_path(tmp_path):
     path = tmp_path / "m.onnx"
     onnx.save(gemm_model(), path)
-    for source in (gemm_model(), path, str(path)):
+    for source in (gemm_model(), gemm_model().SerializeToString(), path, str(path)):
         assert [o.name for o in session(source, threads=1, optimize=False).get_outputs()] == ["y"]
 
 
@@ -133,6 +135,42 @@ def test_compare_scaled_tolerance_follows_output_scale():
     far = big.copy()
     far[0, 0] *= 1.01
     assert not compare_scaled(gemm_model(big), gemm_model(far), FEEDS, rel=1e-5).passed
+
+
+def test_equivalent_defaults_to_the_noise_rule():
+    result = equivalent(gemm_model(), gemm_model(), FEEDS)
+    (diff,) = result.outputs
+    assert result.passed and result.rule == "noise" and result.noise_multiple == noise.NOISE_MULTIPLE
+    assert diff.noise_floor == 0.0  # one MatMul: onnxruntime's optimized and plain runs agree bit for bit
+    peak = max(np.abs(f["x"] @ WEIGHT).max() for f in FEEDS)
+    assert diff.atol == pytest.approx(noise.SCALE_FLOOR * peak, rel=1e-6) and diff.margin == float("inf")
+    assert {"noise_floor", "atol", "max_abs", "margin"} <= set(result.to_dict()["outputs"][0])
+
+
+def test_noise_rule_rejects_a_changed_weight():
+    weight = WEIGHT.copy()
+    weight[1, 2] *= 1.001
+    (diff,) = equivalent(gemm_model(), gemm_model(weight), FEEDS).outputs
+    assert not diff.passed and diff.margin < 1
+
+
+def test_noise_rule_fails_renamed_output_both_ways():
+    result = equivalent(gemm_model(), gemm_model(out_name="z"), FEEDS)
+    assert [(d.name, d.passed, d.noise_floor) for d in result.outputs] == [("y", False, 0.0), ("z", False, None)]
+
+
+@pytest.mark.parametrize(
+    ("atol", "rtol", "rule", "applied"),
+    [
+        (None, 1e-3, "scaled", (None, 1e-3)),
+        (1e-4, None, "tolerance", (1e-4, 0.0)),
+        (1e-4, 1e-3, "tolerance", (1e-4, 1e-3)),
+    ],
+)
+def test_equivalent_uses_a_given_tolerance(atol, rtol, rule, applied):
+    result = equivalent(gemm_model(), gemm_model(), FEEDS, atol=atol, rtol=rtol)
+    assert result.passed and result.rule == rule and (result.atol, result.rtol) == applied
+    assert result.outputs[0].noise_floor is None
 
 
 def test_fidelity_identical_models():
