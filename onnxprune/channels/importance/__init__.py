@@ -24,8 +24,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup
+from onnxprune.channels.importance.activation import Activation
 from onnxprune.channels.importance.bn_scale import BNScale
 from onnxprune.channels.importance.entropy import Entropy
+from onnxprune.channels.importance.fpgm import FPGM
 from onnxprune.channels.importance.gradient import Gradient
 from onnxprune.channels.importance.magnitude import Magnitude
 from onnxprune.channels.importance.random import Random
@@ -49,9 +51,13 @@ CRITERIA: dict[str, Callable[..., Criterion]] = {
     "l2": functools.partial(Magnitude, p=2.0),
     "bn": BNScale,
     "entropy": Entropy,
+    "fpgm": FPGM,
     "random": Random,
     "taylor": functools.partial(Gradient, mode="taylor"),
     "gradient": functools.partial(Gradient, mode="gradient"),
+    "activation": functools.partial(Activation, statistic="activation"),
+    "apoz": functools.partial(Activation, statistic="apoz"),
+    "hrank": functools.partial(Activation, statistic="hrank"),
 }
 
 
@@ -133,6 +139,6 @@ def _factory(name: str) -> Callable[..., Criterion]:
 
 
 __all__ = [
-    "CRITERIA", "BNScale", "Criterion", "Entropy", "FilterScores", "Gradient", "Magnitude", "Random", "from_filter_scores",
-    "make", "needs_data", "register", "score_groups",
+    "CRITERIA", "Activation", "BNScale", "Criterion", "Entropy", "FPGM", "FilterScores", "Gradient", "Magnitude",
+    "Random", "from_filter_scores", "make", "needs_data", "register", "score_groups",
 ]
