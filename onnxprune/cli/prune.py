@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+import numpy as np
+import onnx_graphsurgeon as gs
+
 from onnxprune import api, channels
 from onnxprune.channels import importance, policy
 from onnxprune.cli import report
@@ -11,7 +14,11 @@ from onnxprune.cli.blocks import joint_text
 from onnxprune.cli.options import common_options, cost_lines, data_source, emit, names
 from onnxprune.core import data
 from onnxprune.core import model as model_io
+from onnxprune.core.data import DataSource
 from onnxprune.core.errors import InputError
+from onnxprune.recover import bn_recalibration, fusion, least_squares
+
+RECOVERY_PASSES = (fusion.NAME, bn_recalibration.NAME, least_squares.NAME)
 
 
 def register(commands) -> None:
@@ -35,7 +42,13 @@ def _add_prune(commands) -> None:
     parser.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a group")
     parser.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of N")
     parser.add_argument("--exclude", type=names, default=[], help="comma-separated regexes of layers to keep whole")
-    parser.add_argument("--fuse", action="store_true", help="fuse removed channels into similar kept ones (APBM)")
+    parser.add_argument("--fuse", action="store_true",
+                        help="fuse removed channels into similar kept ones (APBM); the same as --recover fuse")
+    parser.add_argument("--recover", type=names, default=[], metavar="M[,M]",
+                        help="recovery without training: fuse (data-free), bn (BN re-calibration), lsq (least-squares "
+                             "reconstruction); bn and lsq calibrate on --calibration or --data")
+    parser.add_argument("--calibration", metavar="FILE",
+                        help="calibration .npz/.npy for --recover lsq,bn (default: the --data samples)")
     parser.add_argument("--keep-bn", action="store_true",
                         help="leave BatchNormalization unfolded, to fine-tune with batch statistics next "
                              "(fold it afterwards with `optimize`)")
@@ -65,8 +78,11 @@ def _prune(args: argparse.Namespace) -> int:
     )
     if args.layers:
         return _prune_layers_too(args, config)
+    recover = [*args.recover, *(["fuse"] if args.fuse else [])]
+    calibration = DataSource(args.calibration, args.mean, args.std) if args.calibration else None
     outcome = api.prune_file(
-        args.input, args.output, criterion=args.criterion, config=config, fuse=args.fuse,
+        args.input, args.output, criterion=args.criterion, config=config, recover=recover,
+        calibration_source=calibration, progress=not args.quiet,
         input_shapes=data.parse_input_shapes(args.input_shape), data_source=data_source(args), runs=args.runs,
         threads=args.threads, criterion_options=_criterion_options(args), keep_bn=args.keep_bn,
     )
@@ -75,8 +91,8 @@ def _prune(args: argparse.Namespace) -> int:
 
 
 def _prune_layers_too(args: argparse.Namespace, config: policy.PolicyConfig) -> int:
-    if args.fuse:
-        raise InputError("--fuse is not available with --layers")
+    if args.fuse or args.recover:
+        raise InputError("--fuse and --recover are not available with --layers")
     outcome = api.joint_prune_file(
         args.input, args.output, layers=args.layers, min_channels=args.min_channels, data_source=data_source(args),
         input_shapes=data.parse_input_shapes(args.input_shape), runs=args.runs, threads=args.threads,
@@ -101,18 +117,35 @@ def _prune_text(outcome: api.PruneOutcome) -> str:
     return "\n".join([
         f"criterion {outcome.criterion}: removed {removed} channels in {len(outcome.removed)} groups "
         f"({removed}/{total} of their channels) in {outcome.cost.seconds:.2f} s",
+        *blocked_lines(outcome.blocked_params, outcome.cost.before.stats.params),
         "",
         *measured,
-        *_fusion_line(outcome),
+        *_recovery_line(outcome),
         wrote,
     ])
 
 
-def _fusion_line(outcome: api.PruneOutcome) -> list[str]:
-    if outcome.unfused is None:
+def blocked_lines(blocked: dict[str, int], total: int) -> list[str]:
+    """Where the parameters that no pruning can reduce sit, so a small reduction is explained."""
+    if not blocked:
         return []
-    before, after = outcome.unfused.cosine, outcome.fidelity.cosine
-    return [f"information fusion: cosine {before:.4f} without -> {after:.4f} with ({after - before:+.4f})"]
+    count = sum(blocked.values())
+    share = f" ({100 * count / total:.1f} % of {report.human(total)})" if total else ""
+    return [f"not prunable: {report.human(count)} parameters{share}",
+            *(f"  {reason}: {report.human(n)} parameters not prunable" for reason, n in blocked.items())]
+
+
+def _recovery_line(outcome: api.PruneOutcome) -> list[str]:
+    if outcome.unrecovered is None:
+        return []
+    before, after = outcome.unrecovered, outcome.fidelity
+    methods = ", ".join(step.name for step in outcome.pruned.reports if step.name in RECOVERY_PASSES)
+    agreement = ""
+    if before.top1_agreement is not None and after.top1_agreement is not None:
+        agreement = (f", top-1 agreement {100 * before.top1_agreement:.1f} % -> "
+                     f"{100 * after.top1_agreement:.1f} %")
+    return [f"recovery ({methods}): cosine {before.cosine:.4f} without -> {after.cosine:.4f} with "
+            f"({after.cosine - before.cosine:+.4f}){agreement}"]
 
 
 def _groups(args: argparse.Namespace) -> int:
@@ -123,15 +156,23 @@ def _groups(args: argparse.Namespace) -> int:
     shown = [g for g in analysis.groups if args.all or g.constants]
     rows = [(g.id, g.size, int(g.prunable.sum()), _members(g), "yes" if g.is_prunable else "; ".join(g.reasons[:2]))
             for g in shown]
-    payload = {"command": "groups", "model": args.model, "groups": [_group_dict(g) for g in shown]}
+    payload = {"command": "groups", "model": args.model, "groups": [_group_dict(g) for g in shown],
+               "not_prunable_params": analysis.blocked_params}
     text = report.table(("group", "channels", "prunable", "members", "prunable? (why not)"), rows)
-    summary = f"{len(analysis.prunable)} prunable groups of {len(shown)} shown"
+    total = sum(int(np.prod(t.shape)) for t in graph.tensors().values() if _is_float_constant(t))
+    summary = "\n".join([f"{len(analysis.prunable)} prunable groups of {len(shown)} shown",
+                         *blocked_lines(analysis.blocked_params, total)])
     emit(args, payload, lambda: f"{text}\n\n{summary}")
     return 0
 
 
+def _is_float_constant(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Constant) and np.issubdtype(np.dtype(tensor.dtype), np.floating)
+
+
 def _members(group: channels.ChannelGroup, limit: int = 3) -> str:
-    nodes = sorted({node for node, _, _ in group.roles.values()})
+    """The nodes whose parameters the group cuts; the constants themselves where no handler named a node."""
+    nodes = sorted({node for node, _, _ in group.roles.values()}) or sorted({name for name, _ in group.constants})
     more = f" +{len(nodes) - limit}" if len(nodes) > limit else ""
     return ", ".join(nodes[:limit]) + more
 

@@ -36,7 +36,7 @@ def before_after(before: dict[str, Any], after: dict[str, Any]) -> str:
     rows = []
     for metric, old in before.items():
         new = after.get(metric)
-        rows.append((metric, _human(old), _human(new), _change(old, new)))
+        rows.append((metric, human(old), human(new), _change(old, new)))
     return table(("metric", "before", "after", "change"), rows)
 
 
@@ -73,7 +73,7 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _human(value: Any) -> str:
+def human(value: Any) -> str:
     if value is None:
         return "-"
     if isinstance(value, float):

@@ -22,8 +22,10 @@ from google.protobuf.message import DecodeError
 from onnx import TensorProto
 from onnx_graphsurgeon.logger import G_LOGGER
 
+from onnxprune.core import model as model_io
 from onnxprune.core.data import resolve_input_shapes
 from onnxprune.core.errors import InputError
+from onnxprune.core.graph import INFERENCE_IR_VERSION
 from onnxprune.core.layout import WeightLayout, layout_of
 
 logger = logging.getLogger(__name__)
@@ -33,6 +35,9 @@ FLOAT_TYPES = frozenset(
 )
 
 Shapes = Mapping[str, tuple[int, ...]]
+
+#: Initializers with more elements are only shapes to MAC counting: their values stay out of its copy.
+SHAPE_VALUE_LIMIT = 1024
 
 
 @dataclass
@@ -154,8 +159,22 @@ def _graph_tensors(model: onnx.ModelProto) -> dict[str, TensorProto]:
 
 
 def _float_params(model: onnx.ModelProto) -> dict[str, int]:
-    tensors = _graph_tensors(model).items()
-    return {n: math.prod(t.dims) for n, t in tensors if t.data_type in FLOAT_TYPES}
+    tensors = _graph_tensors(model)
+    params = {n: math.prod(t.dims) for n, t in tensors.items() if t.data_type in FLOAT_TYPES}
+    params.update(_filled_params(model, tensors))
+    return params
+
+
+def _filled_params(model: onnx.ModelProto, tensors: Mapping[str, TensorProto]) -> dict[str, int]:
+    """Float tensors a ConstantOfShape fills from a constant shape: onnx's "light" models store
+    every weight so, and counting none of them would make a pruned, folded copy look larger."""
+    filled = {}
+    for node in model.graph.node:
+        shape = tensors.get(node.input[0]) if node.op_type == "ConstantOfShape" and node.input else None
+        value = _attr(node, "value")
+        if shape is not None and (value is None or value.data_type in FLOAT_TYPES):
+            filled[node.output[0]] = math.prod(onnx.numpy_helper.to_array(shape).tolist())
+    return filled
 
 
 def _size_on_disk(path: str | os.PathLike) -> int:
@@ -210,15 +229,31 @@ def _fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
         G_LOGGER.severity = severity
 
 
+def _shape_model(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with initializers over SHAPE_VALUE_LIMIT elements turned into typed graph inputs."""
+    small = {t.name for t in model.graph.initializer if math.prod(t.dims) <= SHAPE_VALUE_LIMIT}
+    work = model_io.skeleton(model, lambda tensor: tensor.name in small)
+    declared = {value.name for value in work.graph.input}
+    for tensor in model.graph.initializer:
+        if tensor.name not in small and tensor.name not in declared:
+            work.graph.input.append(onnx.helper.make_tensor_value_info(tensor.name, tensor.data_type, tensor.dims))
+    return work
+
+
 def _known_shapes(
     model: onnx.ModelProto, input_shapes: Shapes | None
 ) -> dict[str, tuple[int, ...]]:
-    """Fully known tensor shapes, by name, inferred on a folded copy with fixed input shapes."""
-    work = onnx.ModelProto()
-    work.CopyFrom(model)
+    """Fully known tensor shapes, by name, inferred on a folded copy with fixed input shapes.
+
+    The copy holds only small initializers (the ones folding and ``data_prop`` may read: shapes,
+    axes); the others become typed graph inputs, so a large model is neither copied whole nor
+    handed to onnx's inference over the 2 GB it cannot serialize.
+    """
+    work = _shape_model(model)
     if input_shapes is not None:
         _fix_inputs(work.graph, resolve_input_shapes(model, input_shapes))
     work = _fold_constants(work)
+    work.ir_version = max(work.ir_version, INFERENCE_IR_VERSION)  # or IR-3 initializers are not read
     del work.graph.value_info[:]
     for value in work.graph.output:
         if value.type.HasField("tensor_type"):
@@ -227,7 +262,7 @@ def _known_shapes(
         work = onnx.shape_inference.infer_shapes(work, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         logger.warning("shape inference failed, MACs will be incomplete: %s", exc)
-    shapes = {t.name: tuple(t.dims) for t in work.graph.initializer}
+    shapes = {t.name: tuple(t.dims) for t in (*model.graph.initializer, *work.graph.initializer)}
     for value in (*work.graph.input, *work.graph.value_info, *work.graph.output):
         if value.type.tensor_type.HasField("shape"):
             dims = value.type.tensor_type.shape.dim
@@ -275,6 +310,6 @@ def model_stats(
         params=sum(params.values()),
         macs=macs,
         flops=2 * macs,
-        size_bytes=_size_on_disk(path) if path is not None else model.ByteSize(),
+        size_bytes=_size_on_disk(path) if path is not None else model_io.serialized_size(model),
         per_node=per_node,
     )

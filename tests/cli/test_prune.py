@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import functools
 import json
+from pathlib import Path
 
+import numpy as np
 import onnx
 import pytest
 
@@ -118,3 +120,34 @@ def test_layers_bypasses_units_before_channel_pruning(model_path, tmp_path, caps
     payload = json.loads(report.read_text())
     assert payload["command"] == "joint" and len(payload["bypassed"]) == 1
     assert "bypassed 1 units" in capsys.readouterr().out
+
+
+RESNET20 = Path(__file__).resolve().parents[2] / "models" / "resnet20_cifar10.onnx"
+CIFAR = Path(__file__).resolve().parents[2] / "models" / "data" / "cifar10_test1000.npz"
+NORMALISE = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225"]
+
+
+def test_recover_bn_lsq_raises_fidelity_measured_on_held_out_images(tmp_path, capsys):
+    images = np.load(CIFAR)["x_test"]
+    held_out, calibration = tmp_path / "eval.npz", tmp_path / "calib.npz"
+    np.savez(held_out, x=images[:32])
+    np.savez(calibration, x=images[500:548])
+    out, report = tmp_path / "p.onnx", tmp_path / "r.json"
+    assert main(["prune", str(RESNET20), str(out), "--ratio", "0.3", "--recover", "bn,lsq", "--data", str(held_out),
+                 "--calibration", str(calibration), *NORMALISE, "--runs", "0", "--report", str(report)]) == 0
+    payload = json.loads(report.read_text())
+    recovered, plain = payload["fidelity"]["cosine"], payload["fidelity_without_recovery"]["cosine"]
+    assert recovered > plain + 0.1, (plain, recovered)
+    assert [p["name"] for p in payload["passes"] if p["name"] in ("recalibrate_bn", "reconstruct")] == [
+        "recalibrate_bn", "reconstruct"]
+    assert "recovery (recalibrate_bn, reconstruct): cosine" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--recover", "magic"], "--recover magic is unknown; known: fuse, bn, lsq"),
+    (["--recover", "lsq"], "--recover bn and lsq need calibration data (--data)"),
+])
+def test_impossible_recovery_requests_exit_2(model_path, tmp_path, capsys, extra, message):
+    assert main(["prune", str(model_path), str(tmp_path / "p.onnx"), "--ratio", "0.3", "--runs", "0", *extra]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "p.onnx").exists()
