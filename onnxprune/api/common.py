@@ -7,6 +7,7 @@ leaves no file behind; the input file is never modified.
 
 from __future__ import annotations
 
+import gc
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -95,10 +96,9 @@ class Cost:
 
 
 class Rewritten(Protocol):
-    """The result of a workflow's rewrite step: at least the new model."""
+    """The result of a workflow's rewrite step: at least the new model (settable: see rewrite_file)."""
 
-    @property
-    def model(self) -> onnx.ModelProto: ...
+    model: onnx.ModelProto
 
 
 R = TypeVar("R", bound=Rewritten)
@@ -109,7 +109,7 @@ def rewrite_file(
     source: PathLike,
     destination: PathLike,
     rewrite: Callable[[onnx.ModelProto, Inputs], R],
-    check: Callable[[onnx.ModelProto, onnx.ModelProto, Inputs], V],
+    check: Callable[[verify.ModelLike, verify.ModelLike, Inputs], V],
     input_shapes: Shapes = None,
     data_source: data.DataSource | None = None,
     runs: int = 20,
@@ -119,27 +119,52 @@ def rewrite_file(
     """Load ``source``, ``rewrite`` it, ``check`` the result, save ``destination`` atomically, measure both.
 
     ``check(original, rewritten, inputs)`` returns its verdict (an equivalence, a fidelity), or
-    raises to stop before anything is written. ``runs`` latency runs per model
-    (0: no timing) with ``threads`` onnxruntime threads, interleaved.
+    raises to stop before anything is written. It is given the models, or, for one over the
+    protobuf limit (which onnxruntime can only open from a file), its path: ``source``, or the
+    staged output, written, checked by onnx's checker and renamed to ``destination`` only once
+    the verdict is in. Such an output leaves memory while it is checked (onnxruntime then holds
+    its own copy) and ``result.model`` is read back from ``destination``. ``external_data``
+    None: external data when the output must (over the limit) or the input had it. ``runs``
+    latency runs per model (0: no timing) with ``threads`` onnxruntime threads, interleaved.
+    ``Cost.seconds`` runs from loading to the written output, the measurements left out.
     """
     start = time.perf_counter()
     model_io.ensure_distinct(source, destination)
     original = model_io.load(source)
+    if external_data is None and model_io.stored_externally(original, source):
+        external_data = True
     inputs = Inputs.for_model(original, input_shapes, data_source)
     result = rewrite(original, inputs)
-    verdict = check(original, result.model, inputs)
-    model_io.check(result.model, destination)
-    seconds = time.perf_counter() - start
-    written = model_io.save(result.model, destination, external_data)
+    paused = time.perf_counter()
     before = measure(original, inputs, source)
+    reference: verify.ModelLike = original
+    if model_io.serialized_size(original) >= model_io.PROTOBUF_LIMIT:
+        reference = Path(source)
+        del original  # freed unless the result still reads its weights: onnxruntime needs the room
+        gc.collect()  # graphsurgeon's graphs are cycles; the last one may still hold the original's tensors
+    big = model_io.serialized_size(result.model) >= model_io.PROTOBUF_LIMIT
+    resumed = time.perf_counter()
+    if not big:
+        verdict = check(reference, result.model, inputs)
+    with model_io.staged(result.model, destination, external_data) as staged:
+        model_io.check_file(staged, destination)
+        if big:
+            result.model = onnx.ModelProto()  # on disk now: onnxruntime gets its room, the model is read back below
+            gc.collect()
+            verdict = check(reference, staged, inputs)
+    seconds = paused - start + time.perf_counter() - resumed
+    written = Path(destination)
+    if big:
+        result.model = model_io.load(written)
     after = measure(result.model, inputs, written)
     if runs:
         before.latency, after.latency, _ = latency.compare_latency(
-            original, result.model, inputs.feeds[0], runs=runs, warmup=max(2, runs // 10), threads=threads
+            reference, written if big else result.model, inputs.feeds[0], runs=runs, warmup=max(2, runs // 10),
+            threads=threads,
         )
     return result, verdict, Cost(Path(source), written, inputs, before, after, seconds)
 
 
-def fidelity_check(original: onnx.ModelProto, rewritten: onnx.ModelProto, inputs: Inputs) -> verify.Fidelity:
+def fidelity_check(original: verify.ModelLike, rewritten: verify.ModelLike, inputs: Inputs) -> verify.Fidelity:
     """The check of the lossy workflows: how close the rewritten outputs stay (never refuses)."""
     return verify.fidelity(original, rewritten, inputs.feeds)

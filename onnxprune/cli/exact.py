@@ -100,11 +100,13 @@ def _optimize_text(outcome: api.OptimizeOutcome) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
-    reference = model_io.load(args.reference)
-    model_io.load(args.candidate)
+    # Both are validated, but neither is kept: onnxruntime reads the files, and a model held here
+    # alongside its session would double the memory a large one needs.
     inputs = api.Inputs.for_model(
-        reference, data.parse_input_shapes(args.input_shape), data_source(args), samples=args.samples, seed=args.seed
+        model_io.load(args.reference), data.parse_input_shapes(args.input_shape), data_source(args),
+        samples=args.samples, seed=args.seed,
     )
+    model_io.load(args.candidate)
     equivalence = api.check_equivalence(args.reference, args.candidate, inputs.feeds, args.atol, args.rtol)
     rows = [(d.name, d.max_abs, d.atol, "-" if d.noise_floor is None else d.noise_floor, d.max_rel,
              f"{d.mismatched}/{d.total}", "ok" if d.passed else "FAIL") for d in equivalence.outputs]

@@ -136,18 +136,18 @@ def _test_split(args: argparse.Namespace, model) -> scoring.LabelledData | None:
 
 
 def _finetune(args: argparse.Namespace) -> int:
-    train = _retrain("train")
     model_io.ensure_distinct(args.input, args.output)
-    model = model_io.load(args.input)
+    model = model_io.load(args.input)  # before torch: a bad file is refused in milliseconds, not after its import
     teacher = model_io.load(args.teacher) if args.teacher else None
+    train = _retrain("train")
     config = _config(args, train, distill_alpha=args.distill_alpha, temperature=args.temperature)
     return _run_training(args, model, functools.partial(train.finetune, model, config=config, teacher=teacher))
 
 
 def _sparse_train(args: argparse.Namespace) -> int:
-    train = _retrain("train")
     model_io.ensure_distinct(args.input, args.output)
-    model = model_io.load(args.input)
+    model = model_io.load(args.input)  # before torch, as in _finetune
+    train = _retrain("train")
     sparsity = train.Sparsity(args.reg, args.lam, args.t, args.a)
     fit = functools.partial(train.sparse_train, model, sparsity=sparsity, config=_config(args, train))
     return _run_training(args, model, fit)

@@ -10,6 +10,7 @@ this module picks the arrays for the model's inputs and cuts them into feeds.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,9 @@ logger = logging.getLogger(__name__)
 
 #: Chunk size for user data when the model's batch dim is dynamic and no shape says otherwise.
 DEFAULT_DATA_BATCH = 32
+
+#: Bytes of random input data made up at most, all samples together (a 1x3x4096x4096 float32 input is 0.2 GiB).
+RANDOM_FEED_LIMIT = 2**30
 
 #: Keys tried, after the input's own name, for a single-input model (Keras-style data sets; "" is an .npy).
 FALLBACK_KEYS = ("x_test", "x_train", "x", "")
@@ -125,15 +129,38 @@ def resolve_input_shapes(
 
 
 def _random_array(rng: np.random.Generator, spec: InputSpec, shape: tuple[int, ...]) -> np.ndarray:
+    """Random data made directly in the input's dtype: no float64 array of the size on the way."""
     kind = spec.dtype.kind
     if kind == "f":
-        return rng.standard_normal(shape).astype(spec.dtype)
+        if spec.dtype in (np.float32, np.float64):
+            return rng.standard_normal(shape, dtype=spec.dtype)
+        return rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype)
     if kind in "iu":
-        return rng.integers(0, 10, size=shape).astype(spec.dtype)
+        return rng.integers(0, 10, size=shape, dtype=spec.dtype)
     if kind == "b":
-        return rng.random(shape) < 0.5
+        return rng.integers(0, 2, size=shape, dtype=np.uint8).view(np.bool_)
     raise UnsupportedModelError(
         f"input '{spec.name}' has dtype {spec.dtype}; cannot make random data for it"
+    )
+
+
+def _check_random_size(specs: Sequence[InputSpec], shapes: Mapping[str, tuple[int, ...]], count: int) -> None:
+    """Refuse, before allocating anything, random feeds over RANDOM_FEED_LIMIT bytes in all.
+
+    A graph input may declare a huge static shape (an exporter's placeholder, a hostile file):
+    making it up would end in a MemoryError, when the user can simply give a smaller shape.
+    """
+    sizes = {s.name: math.prod(shapes[s.name]) * s.dtype.itemsize for s in specs}
+    total = count * sum(sizes.values())
+    if total <= RANDOM_FEED_LIMIT:
+        return
+    name = max(sizes, key=lambda n: sizes[n])
+    dims = ",".join(map(str, shapes[name]))
+    raise OptionError(
+        f"random inputs of these shapes need {total / 2**30:.1f} GiB ({count} sample(s); input '{name}' is "
+        f"[{dims}]), over the {RANDOM_FEED_LIMIT / 2**30:.0f} GiB onnxprune makes up; give {{}} {name}:D0,D1,... "
+        "with a smaller shape (or real data)",
+        "input_shape",
     )
 
 
@@ -143,11 +170,15 @@ def random_feeds(
     seed: int = 0,
     count: int = 1,
 ) -> list[dict[str, np.ndarray]]:
-    """Seeded random feeds: floats ~ N(0, 1), ints in [0, 10) (safe as indices), random bools."""
+    """Seeded random feeds: floats ~ N(0, 1), ints in [0, 10) (safe as indices), random bools.
+
+    At most RANDOM_FEED_LIMIT bytes in all, else an OptionError pointing at ``input_shape``.
+    """
     specs = input_specs(model)
     missing = [s.name for s in specs if s.name not in shapes]
     if missing:
         raise InputError(f"no shape for input(s) {', '.join(missing)}")
+    _check_random_size(specs, shapes, count)
     rng = np.random.default_rng(seed)
     return [
         {s.name: _random_array(rng, s, tuple(shapes[s.name])) for s in specs} for _ in range(count)

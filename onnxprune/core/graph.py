@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import itertools
 import logging
+from collections.abc import Sequence
 
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 
 log = logging.getLogger(__name__)
 
 INLINE_LIMIT = 64  # constants with more elements are given to shape inference as typed inputs
+INFERENCE_IR_VERSION = 4  # below it onnx's shape inference ignores initializers that are not graph inputs
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
@@ -99,7 +102,8 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
     """Recompute the shape and dtype of every intermediate tensor with onnx's shape inference.
 
     Large constants are handed to inference as typed graph inputs instead of data, so models
-    over 2 GB are inferred without serializing their weights.
+    over 2 GB are inferred without serializing their weights. Small ones stay initializers, which
+    inference reads only from IR version 4 on, so an older model's probe is given version 4.
     """
     declared = {tensor.name: tensor.shape for tensor in graph.outputs}
     probe = _inference_model(graph)
@@ -113,14 +117,39 @@ def infer_shapes(graph: gs.Graph) -> gs.Graph:
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor not in graph.inputs:
             _assign(tensor, known.get(tensor.name))
-            if tensor.shape is None and declared.get(tensor.name) is not None:
-                tensor.shape = declared[tensor.name]  # keep the model's interface where inference knows less
+            if declared.get(tensor.name) is not None:
+                tensor.shape = _keep_declared(tensor.shape, declared[tensor.name])
+    return graph
+
+
+def _keep_declared(inferred: Sequence | None, declared: Sequence) -> list:
+    """The model's declared output shape wherever inference knows less (None, or a dim it could not name)."""
+    if inferred is None or len(inferred) != len(declared):
+        return list(declared) if inferred is None else list(inferred)
+    return [dim if isinstance(dim, int) or not isinstance(given, int | str) else given
+            for dim, given in zip(inferred, declared)]
+
+
+def declare_interface(graph: gs.Graph, declared: onnx.GraphProto) -> gs.Graph:
+    """Give the graph's inputs and outputs the shape and dtype ``declared`` states for them.
+
+    onnx-graphsurgeon imports ``value_info`` before the graph's inputs and outputs and keeps the
+    first entry it meets for a name, so a value_info entry for an input or output that has a dtype
+    but no shape (some exporters list the interface there too) hides the declared shape. Exported
+    like that, the input or output has no shape and fails onnx's checker, which requires one on
+    every input and output of the main graph.
+    """
+    tensors = graph.tensors()
+    for info in [*declared.input, *declared.output]:
+        tensor = tensors.get(info.name)
+        if isinstance(tensor, gs.Variable) and info.type.tensor_type.HasField("shape"):
+            _assign(tensor, info)
     return graph
 
 
 def _inference_model(graph: gs.Graph) -> onnx.ModelProto:
     big = [t for t in graph.tensors().values() if isinstance(t, gs.Constant) and _size(t) > INLINE_LIMIT]
-    saved = {t.name: t.values for t in big}
+    saved = {t.name: t._values for t in big}  # as stored: reading .values would load every lazy weight
     outputs = [(t, t.shape) for t in graph.outputs if isinstance(t, gs.Variable)]
     try:
         for tensor in big:
@@ -137,6 +166,7 @@ def _inference_model(graph: gs.Graph) -> onnx.ModelProto:
     del model.graph.initializer[:]
     model.graph.initializer.extend(kept)
     del model.graph.value_info[:]
+    model.ir_version = max(model.ir_version, INFERENCE_IR_VERSION)  # gs keeps an IR-3 file's version
     for tensor in big:
         model.graph.input.append(
             onnx.helper.make_tensor_value_info(tensor.name, _onnx_dtype(saved[tensor.name]), list(tensor.shape))
@@ -148,7 +178,9 @@ def _size(tensor: gs.Constant) -> int:
     return int(np.prod(tensor.shape)) if tensor.shape is not None else 0
 
 
-def _onnx_dtype(values: np.ndarray) -> int:
+def _onnx_dtype(values: np.ndarray | LazyValues) -> int:
+    if isinstance(values, LazyValues):  # an initializer not read yet: its proto knows its type
+        return int(values.tensor.data_type)
     return onnx.helper.np_dtype_to_tensor_dtype(np.asarray(values).dtype)
 
 

@@ -58,7 +58,11 @@ class LinearOp:
         return 1 if self.kind in ("Conv", "ConvTranspose") else -1
 
     def scale_output(self, scale: np.ndarray) -> None:
-        self.weight = self.weight * _per_out(scale, self.weight.ndim)
+        factor = _per_out(scale, self.weight.ndim)
+        if self.weight.flags.writeable and np.result_type(self.weight, factor) == self.weight.dtype:
+            self.weight *= factor  # the op owns its float64 copy (as_linear makes one): no second one of that size
+        else:
+            self.weight = self.weight * factor
         self.bias = self.bias * scale
 
     def shift_output(self, shift: np.ndarray) -> None:
@@ -86,14 +90,28 @@ class LinearOp:
 
     def check_finite(self) -> None:
         """Refuse a fold whose parameters overflow the op's dtype (e.g. float16)."""
-        with np.errstate(over="ignore"):
-            if not all(np.isfinite(values.astype(self.dtype)).all() for values in (self.weight, self.bias)):
-                raise Skip(f"folded parameters overflow {self.dtype}")
+        if not all(_fits(values, self.dtype) for values in (self.weight, self.bias)):
+            raise Skip(f"folded parameters overflow {self.dtype}")
 
     def commit(self, graph: gs.Graph) -> None:
         """Write weight and bias back into the node, in its own layout and dtype."""
         writer = _WRITERS[self.kind]
         writer(graph, self)
+
+
+def _fits(values: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether ``values`` stay finite cast to ``dtype``; a cast copy only when the range check cannot tell.
+
+    The weights of a large model are hundreds of megabytes: their min and max decide almost always.
+    """
+    try:
+        limit = float(np.finfo(dtype).max)
+    except ValueError:
+        limit = 0.0  # a dtype numpy has no finfo for: always the exact check
+    if values.size == 0 or (-limit <= values.min() and values.max() <= limit):  # NaN compares False
+        return True
+    with np.errstate(over="ignore"):
+        return bool(np.isfinite(values.astype(dtype)).all())
 
 
 def as_linear(node: gs.Node) -> LinearOp:

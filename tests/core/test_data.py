@@ -18,7 +18,7 @@ from onnxprune.core.data import (
     random_feeds,
     resolve_input_shapes,
 )
-from onnxprune.core.errors import InputError
+from onnxprune.core.errors import InputError, OptionError
 from onnxprune.retrain.evaluate import evaluate, load_labelled
 
 
@@ -110,6 +110,44 @@ def test_random_feeds_dtypes_seed_and_count():
     assert not np.array_equal(feeds[0]["x"], feeds[1]["x"])
     again = random_feeds(model, shapes, seed=3, count=2)
     assert all(np.array_equal(again[1][k], feeds[1][k]) for k in shapes)
+
+
+@pytest.mark.parametrize("elem_type, dtype", [
+    (TensorProto.FLOAT16, np.float16), (TensorProto.DOUBLE, np.float64), (TensorProto.UINT8, np.uint8),
+    (TensorProto.INT32, np.int32),
+])
+def test_random_feeds_are_made_in_the_input_dtype(elem_type, dtype):
+    feeds = random_feeds(identity_model({"x": (elem_type, [64])}), {"x": (64,)})
+    assert feeds[0]["x"].dtype == dtype and np.isfinite(feeds[0]["x"].astype(np.float64)).all()
+
+
+def test_huge_random_input_is_refused_before_allocation(monkeypatch):
+    """A declared [1,3,32768,32768] input asks for 12 GiB of float32 per sample: an option error, not a MemoryError."""
+    import onnxprune.core.data as data_module
+
+    monkeypatch.setattr(data_module, "_random_array", pytest.fail)
+    model = image_model([1, 3, 32768, 32768])
+    message = r"need 48\.0 GiB .*input 'x' is \[1,3,32768,32768\].*give input_shape x:D0,D1"
+    with pytest.raises(OptionError, match=message):
+        random_feeds(model, resolve_input_shapes(model), count=4)
+    monkeypatch.setattr(data_module, "RANDOM_FEED_LIMIT", 4 * 3 * 8 * 8 * 4)
+    with pytest.raises(OptionError):
+        random_feeds(image_model([1, 3, 8, 8]), {"x": (1, 3, 8, 8)}, count=5)
+
+
+def test_huge_random_input_exits_2_naming_the_input_shape_option(tmp_path, capsys):
+    from onnxprune.cli import main
+
+    shape = [1, 3, 32768, 32768]
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "huge",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, shape)])
+    path = tmp_path / "huge.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), path)
+    assert main(["optimize", str(path), str(tmp_path / "out.onnx"), "--runs", "0"]) == 2
+    error = capsys.readouterr().err
+    assert error.startswith("onnxprune: error: ") and "--input-shape x:D0,D1,..." in error, error
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_random_feeds_needs_every_shape():

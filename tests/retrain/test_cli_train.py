@@ -188,3 +188,20 @@ def test_layouts_dtypes_and_static_batch_give_the_same_accuracy(tmp_path):
         labelled = load_labelled(path, onnx_model, mean=[0.1307], std=[0.3081])
         results.add(evaluate(onnx_model, labelled, batch_size=16).top1)
     assert len(results) == 1 and results.pop() > 0.9
+
+
+@pytest.mark.parametrize("command", [
+    ["evaluate", "{bad}", "--data", "{data}"],
+    ["finetune", "{bad}", "{out}", "--data", "{data}"],
+    ["sparse-train", "{bad}", "{out}", "--data", "{data}", "--reg", "l1"],
+])
+def test_a_bad_model_is_refused_before_torch_is_imported(command, tmp_path):
+    """Importing torch takes seconds; a file that is not a model is refused without it."""
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(b"not a model\n")
+    argv = [part.format(bad=bad, out=tmp_path / "out.onnx", data=MNIST) for part in command]
+    code = ("import sys; from onnxprune.cli import main; code = main(sys.argv[1:]); "
+            "print(code, 'torch' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
+    assert done.stdout.split() == ["2", "False"], done.stderr
+    assert "not a readable ONNX model" in done.stderr

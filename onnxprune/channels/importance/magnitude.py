@@ -125,4 +125,21 @@ class Magnitude:
 
     def __call__(self, group: ChannelGroup, graph: gs.Graph) -> np.ndarray:
         _, slices = channel_weights(group, graph)
-        return per_channel(group, slices, lambda s: np.linalg.norm(s.rows, ord=self.p, axis=1))
+        return per_channel(group, slices, lambda s: row_norms(s, self.p))
+
+
+#: Float64 elements of one block of rows read at a time by :func:`row_norms`.
+NORM_BLOCK = 1 << 22
+
+
+def row_norms(entry: Slices, p: float) -> np.ndarray:
+    """``np.linalg.norm(entry.rows, ord=p, axis=1)``, a block of rows at a time.
+
+    ``rows`` gathers a copy of the whole weight and the norm another: two more weight-sized
+    float64 arrays, gigabytes for the classifier of a large model. Rows are independent, so
+    the blocks give the same numbers.
+    """
+    step = max(1, NORM_BLOCK // max(entry.elements, 1))
+    parts = [np.linalg.norm(entry.full[entry.where[i:i + step]], ord=p, axis=1)
+             for i in range(0, len(entry.where), step)]
+    return np.concatenate(parts) if parts else np.zeros(0)
