@@ -19,6 +19,12 @@ measured row too), and optimize's output verifies against the input (``onnxprune
 
     python benchmarks/large.py [--size-gb 2.2] [--keep] [--dir /tmp] [--simulate-limit-mb N]
 
+Where the peaks are (2.20 GB, profiled): ``optimize`` in graphsurgeon's export inside
+``core.model.to_model`` (TensorProtos, a GraphProto and the ModelProto at once; ``export_graph``
+avoids them: 2.44x with it and one onnxruntime session at a time in ``measure.verify.compare_noise``);
+``prune`` in verification, where the original stays alive through the untouched constants of the
+pruned graph while onnxruntime opens the original (about 1.5x its size, BN fusion and prepacking).
+
 ``--simulate-limit-mb`` lowers onnxprune's idea of the protobuf limit in the subprocesses, so the
 large-model code paths run on a small model in seconds (onnx and onnxruntime themselves are not
 fooled: only a real run above 2 GB proves the limit is handled).
