@@ -16,13 +16,13 @@ from collections.abc import Sequence
 import onnxruntime
 
 from onnxprune import __version__
-from onnxprune.cli import blocks, exact, prune, train
+from onnxprune.cli import blocks, exact, prune, run, train
 from onnxprune.cli.options import flagged
 from onnxprune.core.errors import OnnxPruneError
 
 log = logging.getLogger("onnxprune")
 
-COMMAND_GROUPS = (exact, prune, train, blocks)
+COMMAND_GROUPS = (exact, prune, train, blocks, run)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -55,8 +55,9 @@ def one_line(message: str) -> str:
     return " ".join(line.strip() for line in message.splitlines() if line.strip())
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="onnxprune", description="ONNX in, ONNX out: fold, merge and prune CNNs.")
+def build_parser(parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The whole CLI; its commands' parsers are of ``parser_class`` too (recipes parse with a raising one)."""
+    parser = parser_class(prog="onnxprune", description="ONNX in, ONNX out: fold, merge and prune CNNs.")
     parser.add_argument("--version", action="version", version=f"onnxprune {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for group in COMMAND_GROUPS:
