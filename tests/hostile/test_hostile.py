@@ -9,6 +9,7 @@ corpus is built once and the parser reused: a refused run costs little more than
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -45,7 +46,10 @@ COMMANDS: dict[str, list[str]] = {
     "evaluate": ["evaluate", "{model}", "--data", "{data}"],
     "finetune": ["finetune", "{model}", "{out}", "--data", "{data}", "--batch-size", "4"],
     "sparse-train": ["sparse-train", "{model}", "{out}", "--data", "{data}", "--reg", "l1", "--batch-size", "4"],
+    "run": ["run", "{recipe}", "{model}", "{out}"],
 }
+RECIPE = {"name": "prune-fold", "steps": [{"command": "prune", "options": {"ratio": 0.5, "runs": 0}},
+                                          {"command": "optimize", "options": {"runs": 0}}]}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +58,9 @@ def valid(tmp_path_factory) -> dict[str, Path]:
     folder = tmp_path_factory.mktemp("valid")
     model = folder / "valid.onnx"
     onnx.save(corpus.valid_model(), model)
-    return {"valid": model, "data": corpus.valid_data(folder / "data.npz")}
+    recipe = folder / "recipe.json"
+    recipe.write_text(json.dumps(RECIPE))
+    return {"valid": model, "data": corpus.valid_data(folder / "data.npz"), "recipe": recipe}
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +76,7 @@ def parser():
 @pytest.fixture(autouse=True)
 def one_parser(monkeypatch, parser):
     """Building the parser (210 options) is most of the cost of a run refused at load."""
-    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(cli, "build_parser", lambda *_: parser)
 
 
 def argv(command: str, model: Path, out: Path, valid: dict[str, Path]) -> list[str]:
