@@ -11,7 +11,7 @@ import gc
 import os
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -21,6 +21,7 @@ import onnx
 from onnxprune.core import data
 from onnxprune.core import model as model_io
 from onnxprune.measure import latency, stats, verify
+from onnxprune.measure.phases import Phases
 
 Feeds = list[dict[str, np.ndarray]]
 Shapes = Mapping[str, Sequence[int]] | None
@@ -83,6 +84,7 @@ class Cost:
     before: Measurement
     after: Measurement
     seconds: float
+    phases: Phases = field(default_factory=Phases)  # load, rewrite, measurement, verification, save, latency timing
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -92,6 +94,7 @@ class Cost:
             "before": self.before.to_dict(),
             "after": self.after.to_dict(),
             "seconds": self.seconds,
+            "phases": self.phases.to_dict(),
         }
 
 
@@ -128,15 +131,19 @@ def rewrite_file(
     latency runs per model (0: no timing) with ``threads`` onnxruntime threads, interleaved.
     ``Cost.seconds`` runs from loading to the written output, the measurements left out.
     """
+    phases = Phases()
     start = time.perf_counter()
-    model_io.ensure_distinct(source, destination)
-    original = model_io.load(source)
-    if external_data is None and model_io.stored_externally(original, source):
-        external_data = True
-    inputs = Inputs.for_model(original, input_shapes, data_source)
-    result = rewrite(original, inputs)
+    with phases.time("load"):
+        model_io.ensure_distinct(source, destination)
+        original = model_io.load(source)
+        if external_data is None and model_io.stored_externally(original, source):
+            external_data = True
+        inputs = Inputs.for_model(original, input_shapes, data_source)
+    with phases.time("rewrite"):
+        result = rewrite(original, inputs)
     paused = time.perf_counter()
-    before = measure(original, inputs, source)
+    with phases.time("measurement"):
+        before = measure(original, inputs, source)
     reference: verify.ModelLike = original
     if model_io.serialized_size(original) >= model_io.PROTOBUF_LIMIT:
         reference = Path(source)
@@ -145,24 +152,29 @@ def rewrite_file(
     big = model_io.serialized_size(result.model) >= model_io.PROTOBUF_LIMIT
     resumed = time.perf_counter()
     if not big:
-        verdict = check(reference, result.model, inputs)
+        with phases.time("verification"):
+            verdict = check(reference, result.model, inputs)
     with model_io.staged(result.model, destination, external_data) as staged:
         model_io.check_file(staged, destination)
         if big:
             result.model = onnx.ModelProto()  # on disk now: onnxruntime gets its room, the model is read back below
             gc.collect()
-            verdict = check(reference, staged, inputs)
+            with phases.time("verification"):
+                verdict = check(reference, staged, inputs)
     seconds = paused - start + time.perf_counter() - resumed
+    phases.add("save", time.perf_counter() - resumed - phases.seconds["verification"])
     written = Path(destination)
     if big:
         result.model = model_io.load(written)
-    after = measure(result.model, inputs, written)
+    with phases.time("measurement"):
+        after = measure(result.model, inputs, written)
     if runs:
-        before.latency, after.latency, _ = latency.compare_latency(
-            reference, written if big else result.model, inputs.feeds[0], runs=runs, warmup=max(2, runs // 10),
-            threads=threads,
-        )
-    return result, verdict, Cost(Path(source), written, inputs, before, after, seconds)
+        with phases.time("latency timing"):
+            before.latency, after.latency, _ = latency.compare_latency(
+                reference, written if big else result.model, inputs.feeds[0], runs=runs, warmup=max(2, runs // 10),
+                threads=threads,
+            )
+    return result, verdict, Cost(Path(source), written, inputs, before, after, seconds, phases)
 
 
 def fidelity_check(original: verify.ModelLike, rewritten: verify.ModelLike, inputs: Inputs) -> verify.Fidelity:

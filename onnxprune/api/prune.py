@@ -31,6 +31,7 @@ from onnxprune.core import model as model_io
 from onnxprune.core.errors import OptionError
 from onnxprune.core.graph import unshare_constants
 from onnxprune.measure import stats, verify
+from onnxprune.measure.phases import Phases
 from onnxprune.passes import pipeline
 from onnxprune.passes.base import PassReport
 from onnxprune.recover import bn_recalibration, fusion, least_squares
@@ -68,13 +69,34 @@ def prepare_for_pruning(graph: gs.Graph) -> list[PassReport]:
 
 
 @dataclass
+class ChannelSummary:
+    """What a pruning's outcome keeps of its channel analysis: the groups and the parameters none can cut.
+
+    Not the analysed graph: its untouched constants still read the original model's weights, which
+    would then stay in memory while the output is verified (a large model's second copy).
+    """
+
+    groups: list[channels.ChannelGroup]
+    blocked_params: dict[str, int]
+
+    @classmethod
+    def of(cls, channel_graph: channels.ChannelGraph) -> ChannelSummary:
+        return cls(channel_graph.groups, channel_graph.blocked_params)
+
+    @property
+    def prunable(self) -> list[channels.ChannelGroup]:
+        return [group for group in self.groups if group.is_prunable]
+
+
+@dataclass
 class Pruned:
     """A pruned model, the channels removed per group id, the analysis they came from, the pass reports."""
 
     model: onnx.ModelProto
     removed: dict[int, np.ndarray]
-    channel_graph: channels.ChannelGraph
+    channel_graph: ChannelSummary
     reports: list[PassReport] = field(default_factory=list)
+    phases: Phases = field(default_factory=Phases)  # seconds of clean-up, analysis, scoring ... export
 
     def removed_counts(self) -> dict[int, int]:
         return {group: len(indices) for group, indices in self.removed.items() if len(indices)}
@@ -98,27 +120,43 @@ def prune_model(
     methods = check_recovery(recover, calibration)
     config = config or policy.PolicyConfig()
     scorer = importance.make(criterion, **dict(criterion_options or {}))
-    graph = model_io.to_graph(model)
-    reports = prepare_for_pruning(graph)
-    channel_graph = channels.analyse(graph)
-    scores = {group.id: scorer(group, graph) for group in channel_graph.prunable}
-    counted = stats.model_stats(model_io.export_graph(graph, hollow_above=stats.SHAPE_VALUE_LIMIT),  # no weights
-                                data.resolve_input_shapes(model, input_shapes))
-    remove = policy.select(channel_graph, scores, config, counted)
-    original = model_io.to_model(graph, model) if "lsq" in methods else None
-    kept = surgery.kept_channels(channel_graph, remove) if "lsq" in methods else {}
+    phases = Phases()
+    with phases.time("clean-up"):
+        graph = model_io.to_graph(model)
+        reports = prepare_for_pruning(graph)
+    with phases.time("analysis"):
+        channel_graph = channels.analyse(graph)
+    with phases.time("scoring"):
+        scores = {group.id: scorer(group, graph) for group in channel_graph.prunable}
+    with phases.time("counting"):
+        counted = stats.model_stats(model_io.export_graph(graph, hollow_above=stats.SHAPE_VALUE_LIMIT),  # no weights
+                                    data.resolve_input_shapes(model, input_shapes))
+    with phases.time("selection"):
+        remove = policy.select(channel_graph, scores, config, counted)
+    original, kept = None, {}
+    if "lsq" in methods:
+        with phases.time("recovery"):
+            original, kept = model_io.to_model(graph, model), surgery.kept_channels(channel_graph, remove)
     if "fuse" in methods:
-        reports.append(fusion.run(graph, channel_graph, remove))
-    reports.append(surgery.run(graph, channel_graph, remove))
+        with phases.time("recovery"):
+            reports.append(fusion.run(graph, channel_graph, remove))
+    with phases.time("surgery"):
+        reports.append(surgery.run(graph, channel_graph, remove))
     if calibration and "bn" in methods:
-        pipeline.prepare(graph)
-        reports.append(bn_recalibration.run(graph, calibration, progress=progress))
+        with phases.time("recovery"):
+            pipeline.prepare(graph)
+            reports.append(bn_recalibration.run(graph, calibration, progress=progress))
     if calibration and original is not None:
-        pipeline.prepare(graph)
-        reports.append(least_squares.run(graph, original, calibration, kept, progress=progress))
-    folded, _ = pipeline.run_passes(graph, post_prune_passes(keep_bn))
-    reports.extend(folded)
-    return Pruned(model_io.to_model(graph, model), remove, channel_graph, reports)
+        with phases.time("recovery"):
+            pipeline.prepare(graph)
+            reports.append(least_squares.run(graph, original, calibration, kept, progress=progress))
+    with phases.time("folding"):
+        recovered = calibration and {"bn", "lsq"} & set(methods)  # recovery may leave shapes to recompute
+        folded, _ = pipeline.run_passes(graph, post_prune_passes(keep_bn), prepared=not recovered)
+        reports.extend(folded)
+    with phases.time("export"):
+        pruned = model_io.to_model(graph, model)
+    return Pruned(pruned, remove, ChannelSummary.of(channel_graph), reports, phases)
 
 
 @dataclass
@@ -142,11 +180,17 @@ class PruneOutcome:
         """Parameters no prunable group can cut, by reason (an LSTM without a channel handler ...)."""
         return self.pruned.channel_graph.blocked_params
 
+    @property
+    def phases(self) -> Phases:
+        """Seconds per phase, the rewrite broken down into pruning's own phases."""
+        return self.cost.phases.replace("rewrite", self.pruned.phases)
+
     def to_dict(self) -> dict[str, Any]:
         sizes = self.group_sizes
         return {
             "command": "prune",
             **self.cost.to_dict(),
+            "phases": self.phases.to_dict(),
             "fidelity": self.fidelity.to_dict(),
             "criterion": self.criterion,
             "groups": [{"group": g, "channels": sizes[g], "removed": n} for g, n in self.removed.items()],
@@ -187,9 +231,10 @@ def prune_file(
                                           runs, threads)
     unrecovered = None
     if recover:
-        original = model_io.load(source)
-        plain = prune_model(original, criterion, config, input_shapes, criterion_options, keep_bn)
-        unrecovered = verify.fidelity(original, plain.model, cost.inputs.feeds)
+        with cost.phases.time("pruning without recovery"):
+            original = model_io.load(source)
+            plain = prune_model(original, criterion, config, input_shapes, criterion_options, keep_bn)
+            unrecovered = verify.fidelity(original, plain.model, cost.inputs.feeds)
     return PruneOutcome(criterion, pruned, fidelity, cost, unrecovered)
 
 

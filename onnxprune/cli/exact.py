@@ -80,7 +80,8 @@ def _optimize(args: argparse.Namespace) -> int:
         atol=args.atol, rtol=args.rtol, runs=args.runs, threads=args.threads,
         external_data=True if args.external_data else None, progress=not args.quiet,
     )
-    emit(args, outcome.to_dict(), lambda: _optimize_text(outcome))
+    emit(args, outcome.to_dict(),
+         lambda: report.with_phases(_optimize_text(outcome), outcome.cost.phases, args.verbose))
     return 0
 
 

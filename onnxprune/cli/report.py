@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from onnxprune.measure.phases import Phases
 from onnxprune.measure.stats import ModelStats
 from onnxprune.passes.base import PassReport
 
@@ -54,6 +55,17 @@ def summary_metrics(model_stats: ModelStats, latency_ms: float | None, count_op:
 def passes_table(reports: Sequence[PassReport]) -> str:
     rows = [(report.name, len(report.rewrites), len(report.skipped)) for report in reports]
     return table(("pass", "rewrites", "left alone"), rows)
+
+
+def phases_table(phases: Phases) -> str:
+    """Seconds per phase and their total: where a command spent its time."""
+    rows = [(name, round(seconds, 3)) for name, seconds in phases.seconds.items()]
+    return table(("phase", "seconds"), [*rows, ("total", round(phases.total, 3))])
+
+
+def with_phases(text: str, phases: Phases, verbose: bool) -> str:
+    """``text``, followed (with ``-v``) by the seconds each phase took."""
+    return f"{text}\n\n{phases_table(phases)}" if verbose else text
 
 
 def write_json(path: str | os.PathLike, payload: dict[str, Any]) -> None:

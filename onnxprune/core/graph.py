@@ -22,13 +22,23 @@ INFERENCE_IR_VERSION = 4  # below it onnx's shape inference ignores initializers
 
 
 def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
-    """The value of a tensor that is an initializer or the output of a Constant node."""
+    """The value of a tensor that is an initializer or the output of a Constant node.
+
+    A lazy initializer (one not yet read from its model) is read but stays lazy: caching it on the
+    graph would keep a second copy of the weights beside the model's. Its value is then read-only.
+    """
     if isinstance(tensor, gs.Constant):
-        return np.asarray(tensor.values)
+        return _read(tensor)
     node = producer(tensor)
     if node is not None and node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
-        return np.asarray(node.attrs["value"].values)
+        return _read(node.attrs["value"])
     return None
+
+
+def _read(constant: gs.Constant) -> np.ndarray:
+    if isinstance(constant._values, LazyValues):
+        return onnx.numpy_helper.to_array(constant._values.tensor)
+    return np.asarray(constant.values)
 
 
 def producer(tensor: gs.Tensor) -> gs.Node | None:
@@ -49,7 +59,7 @@ def is_private(graph: gs.Graph, tensor: gs.Tensor) -> bool:
 
 
 def unique_name(graph: gs.Graph, base: str) -> str:
-    taken = graph.tensors().keys() | {node.name for node in graph.nodes}
+    taken = _tensor_names(graph) | {node.name for node in graph.nodes}
     if base not in taken:
         return base
     for index in itertools.count(1):
@@ -57,6 +67,16 @@ def unique_name(graph: gs.Graph, base: str) -> str:
         if candidate not in taken:
             return candidate
     raise AssertionError("unreachable")
+
+
+def _tensor_names(graph: gs.Graph) -> set[str]:
+    """The names ``graph.tensors()`` lists, without building its map: passes name a new constant per rewrite."""
+    names = {tensor.name for tensor in [*graph.inputs, *graph.outputs]}
+    for node in graph.nodes:
+        names.update(tensor.name for tensor in node.inputs)
+        names.update(tensor.name for tensor in node.outputs)
+    names.discard("")  # omitted optional inputs, which tensors() leaves out
+    return names
 
 
 def new_constant(graph: gs.Graph, base: str, values: np.ndarray) -> gs.Constant:

@@ -285,7 +285,7 @@ def ensure_distinct(source: str | os.PathLike, destination: str | os.PathLike) -
         raise InputError(f"output {destination} would overwrite the input {source}; choose another path")
 
 
-def export_graph(graph: gs.Graph, hollow_above: int | None = None) -> onnx.ModelProto:
+def export_graph(graph: gs.Graph, hollow_above: int | None = None, rebind: bool = False) -> onnx.ModelProto:
     """``gs.export_onnx(graph, do_type_check=False)`` without its extra copies of the weights.
 
     graphsurgeon builds every initializer as a TensorProto, copies them into a GraphProto and
@@ -294,12 +294,16 @@ def export_graph(graph: gs.Graph, hollow_above: int | None = None) -> onnx.Model
     the model, one tensor at a time: the model's own copy is the only one.
     With ``hollow_above``, constants of more elements keep no data at all (dims and type only):
     a model for counting and shape inference (:mod:`onnxprune.measure.stats`), never for running.
+    With ``rebind``, each numpy constant, once written, reads its values lazily from the model
+    (as after an import) and its array is freed: the graph stays usable and holds no second copy.
     """
     saved: dict[str, np.ndarray | LazyValues] = {}
     locations: dict[str, int] = {}
+    constants: dict[str, gs.Constant] = {}
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Constant) and _stands_in(tensor):
             saved[tensor.name] = tensor._values
+            constants[tensor.name] = tensor
             if tensor.data_location is not None:
                 locations[tensor.name] = tensor.data_location
     try:
@@ -315,17 +319,20 @@ def export_graph(graph: gs.Graph, hollow_above: int | None = None) -> onnx.Model
             if tensor.name in saved:
                 tensor._values = saved[tensor.name]
     for init in model.graph.initializer:
-        values = saved.get(init.name)
+        values = saved.pop(init.name, None)
         if values is None or (hollow_above is not None and math.prod(init.dims) > hollow_above):
             continue
         if isinstance(values, LazyValues):
             name = init.name
             init.CopyFrom(values.tensor)
             init.name = name
-        else:
-            init.raw_data = np.ascontiguousarray(values).tobytes()
-            if init.name in locations:
-                init.data_location = locations[init.name]
+            continue
+        init.raw_data = np.ascontiguousarray(values).tobytes()
+        if init.name in locations:
+            init.data_location = locations[init.name]
+        if rebind:
+            del values  # the array is freed as the graph lets go of it, not one tensor later
+            constants[init.name]._values = LazyValues(init)
     return model
 
 
@@ -352,8 +359,10 @@ def to_graph(model: onnx.ModelProto) -> gs.Graph:
 
 
 def to_model(graph: gs.Graph, template: onnx.ModelProto) -> onnx.ModelProto:
-    """Export ``graph``, keeping the metadata of the model it came from (IR version, producer)."""
-    model = gs.export_onnx(graph, do_type_check=False)
+    """Export ``graph`` (one copy of its weights: :func:`export_graph`), keeping the metadata of the
+    model it came from (IR version, producer). The graph's numpy constants then read their values
+    from the returned model (``rebind``)."""
+    model = export_graph(graph, rebind=True)
     model.ir_version = max(template.ir_version, MIN_IR_VERSION)
     model.producer_name = template.producer_name or "onnxprune"
     model.producer_version = template.producer_version

@@ -27,6 +27,7 @@ from onnxprune.core.data import resolve_input_shapes
 from onnxprune.core.errors import InputError
 from onnxprune.core.graph import INFERENCE_IR_VERSION
 from onnxprune.core.layout import WeightLayout, layout_of
+from onnxprune.passes.fold_constants import may_fold
 
 logger = logging.getLogger(__name__)
 
@@ -220,8 +221,9 @@ def _fold_constants(model: onnx.ModelProto) -> onnx.ModelProto:
     G_LOGGER.severity = G_LOGGER.ERROR
     try:
         graph = gs.import_onnx(model)
-        graph.fold_constants(error_ok=True).cleanup()
-        return gs.export_onnx(graph)
+        if may_fold(graph):  # else gs would copy and export the graph only to find nothing to fold
+            graph.fold_constants(error_ok=True)
+        return gs.export_onnx(graph.cleanup())
     except Exception as exc:  # best effort: plain inference below still gives most shapes
         logger.warning("constant folding for shape inference failed: %s", exc)
         return model

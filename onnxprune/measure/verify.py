@@ -188,9 +188,14 @@ def _diff_output(
 def _run_pair(
     reference: SessionLike, candidate: SessionLike, feeds: Sequence[Feed]
 ) -> tuple[list[dict[str, np.ndarray]], list[dict[str, np.ndarray]]]:
+    """Both models' outputs; a model or path gets a session that is gone before the next one opens."""
+    _check_feeds(feeds)
+    return run(reference, feeds), run(candidate, feeds)
+
+
+def _check_feeds(feeds: Sequence[Feed]) -> None:
     if not feeds:
         raise InputError("no feeds to compare the models on")
-    return run(reference, feeds), run(candidate, feeds)
 
 
 def _diffs(
@@ -244,11 +249,15 @@ def compare_scaled(
 def compare_noise(reference: ModelLike, candidate: SessionLike, feeds: Sequence[Feed]) -> Equivalence:
     """Pass each output within ``noise.bound`` of the reference, its floor measured on ``feeds``.
 
-    The reference must be a model, not a session: the floor needs it run unoptimized too.
+    The reference must be a model, not a session: the floor needs it run unoptimized too. Each
+    session is released before the next opens, so a large model's sessions never coexist.
     """
+    _check_feeds(feeds)
     source = reference.SerializeToString() if isinstance(reference, onnx.ModelProto) else reference
-    ref_outs, cand_outs = _run_pair(session(source), candidate, feeds)
+    ref_outs = run(session(source), feeds)
     plain_outs = run(session(source, optimize=False), feeds)
+    del source  # a serialized reference: the candidate gets its room
+    cand_outs = run(candidate, feeds)
     floors, atols = {}, {}
     for name in ref_outs[0]:
         refs = [r[name] for r in ref_outs]

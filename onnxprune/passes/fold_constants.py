@@ -29,6 +29,9 @@ Preconditions and guards (the graph is left alone where they fail, with the reas
   ``Shape`` node is hidden from it for the duration of the call;
 * subgraphs and functions are not folded (gs would not apply the guards above inside them);
 * graph inputs and outputs keep their names: folded tensors become constants in place.
+
+Speed: a graph with nothing gs could fold (no node reads only constants, no Constant, Shape, Cast
+or If node) is left as it is, without calling gs, which would copy and export the graph first.
 """
 
 from __future__ import annotations
@@ -54,11 +57,17 @@ NEVER_FOLD = frozenset(
 # The ops onnx-graphsurgeon's cast elision rewrites between a float Cast and an integer Cast.
 CAST_ELISION_OPS = frozenset({"Add", "Sub", "Mul", "Div", "Max", "Min", "Equal", "Greater", "Less", "Concat"})
 INT_TYPES = (onnx.TensorProto.INT32, onnx.TensorProto.INT64)
+# Ops gs' folding rewrites without their inputs being constant: Constant nodes become constants,
+# Shape (and a Gather or Slice of it) folds from a static shape, Cast chains are elided, an If on a
+# constant condition is flattened.
+FOLDS_ANYWAY = frozenset({"Constant", "Shape", "Cast", "If"})
 
 
 def run(graph: gs.Graph, *, size_limit: int = SIZE_LIMIT) -> PassReport:
     """Fold every constant-computable node whose result is at most ``size_limit`` bytes."""
     report = PassReport(NAME)
+    if not may_fold(graph):
+        return report
     graph.cleanup(remove_unused_graph_inputs=False).toposort()
     before = list(graph.nodes)
     writers = {tensor.name: tensor.inputs[0] for tensor in graph.outputs if tensor.inputs}
@@ -90,6 +99,22 @@ def _fold(graph: gs.Graph, size_limit: int, exclude: Callable[[gs.Node], bool]) 
     except Exception as exc:  # noqa: BLE001 - onnxruntime's errors derive from Exception only
         log.debug("%s: whole evaluation failed (%s), folding part by part", NAME, exc)
         graph.fold_constants(partitioning="recursive", error_ok=True, **settings)
+
+
+def may_fold(graph: gs.Graph) -> bool:
+    """Whether gs' ``fold_constants`` could change ``graph``; False means it would leave it exactly as it is.
+
+    Conservative: any node that reads only constants (or nothing), any op of ``FOLDS_ANYWAY``, any
+    node holding a subgraph and any local function count as foldable.
+    """
+    if graph.functions:
+        return True
+    for node in graph.nodes:
+        if node.op in FOLDS_ANYWAY or any(isinstance(value, gs.Graph) for value in node.attrs.values()):
+            return True
+        if all(isinstance(tensor, gs.Constant) for tensor in node.inputs if not tensor.is_empty()):
+            return True
+    return False
 
 
 def _never_fold(writers: frozenset[int], node: gs.Node) -> bool:

@@ -111,16 +111,19 @@ def run_passes(
     progress: bool = False,
     *,
     options: PassOptions | None = None,
+    prepared: bool = False,
 ) -> tuple[list[PassReport], int]:
     """Run ``names`` in order, repeatedly, until a whole round changes nothing.
 
     ``options`` maps a pass name to the keyword options of its ``run``; they are checked
-    (``check_options``) before the graph is touched.
+    (``check_options``) before the graph is touched. ``prepared``: the graph is already in the
+    state ``prepare`` gives (channel surgery leaves it so), which is then not recomputed first.
     """
     check_options(names, options)
     given = options or {}
     totals = {name: PassReport(name) for name in names}
-    prepare(graph)
+    if not prepared:
+        prepare(graph)
     rounds = 0
     with tqdm(total=len(names), desc="optimize", unit="pass", disable=None if progress else True, leave=False) as bar:
         for rounds in range(1, max_rounds + 1):
