@@ -18,10 +18,22 @@ Modes (``PolicyConfig``), exactly one of:
   lower edge; channels with γ < δ are removed. Groups without a scale are left whole. Scores only
   break ties when the floor limits removal.
 
+- ``latency_target`` F (HALP, Shen et al. 2022): greedy, globally, the block of channels with the
+  least importance (normalised score) per millisecond of predicted latency saved goes, one
+  rounding unit of one group at a time, until the model's predicted latency (the layer table of
+  :mod:`onnxprune.channels.latency_model`) is at most F of the unpruned model's.
+
+Rounding: ``round_to`` N rounds each group's kept count up to a multiple of N (or to the whole
+group when that multiple would exceed it); 1 keeps exact counts. By default (``round_to`` None)
+groups of more than 8 channels keep multiples of 8; then, with ``latency_aware``, a group moves
+to another count within a small window (5 % down, up by max(8, 10 %)) when the layer table times
+its layers more than 10 % faster there (the count nearest where it was, among those within 10 % of
+the fastest). A FLOPs/params target is re-checked with the rounded counts, lowering them further
+where needed. Counts of layers onnxruntime cannot time stay at the multiples of 8.
+
 Rules every mode obeys: only prunable channels with a finite score go; a group keeps at least
 ``max(min_channels, 1)`` channels, and every tensor axis of it keeps at least one position (a
-Concat input, one half of a Split); ``round_to`` N rounds each group's kept count up to a multiple
-of N (or to the whole group when that multiple would exceed it); groups with a member whose name
+Concat input, one half of a Split); groups with a member whose name
 (a tensor, a node holding a parameter, a node reading or writing a member) matches an
 ``exclude`` regex (``re.search``) are left whole. Impossible requests raise InputError.
 """
@@ -29,10 +41,11 @@ of N (or to the whole group when that multiple would exceed it); groups with a m
 from __future__ import annotations
 
 import functools
+import heapq
 import logging
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,7 +53,9 @@ import numpy as np
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup
 from onnxprune.channels.costs import CostModel
 from onnxprune.channels.importance.bn_scale import BNScale
+from onnxprune.channels.latency_model import LatencyModel
 from onnxprune.core.errors import OptionError
+from onnxprune.measure.latency_table import LatencyTable, LayerTimer
 from onnxprune.measure.stats import ModelStats
 
 log = logging.getLogger(__name__)
@@ -48,6 +63,10 @@ log = logging.getLogger(__name__)
 ADAPTIVE = "adaptive"
 THRESHOLDS = (ADAPTIVE,)
 EPSILON = 1e-9  # ratio * n within this of an integer counts as that integer
+ALIGN = 8  # default rounding unit: onnxruntime's blocked convs want multiples of 8 (16 on AVX-512)
+SMALL = 8  # groups of at most this many channels keep exact counts by default
+TIE = 0.1  # counts timed within this fraction of each other are equally fast (one-layer timings are noisy)
+REFINE_STEPS = 20  # tries at lowering a target's counts when latency rounding raised them above it
 
 
 @dataclass
@@ -58,9 +77,12 @@ class PolicyConfig:
     params_target: float | None = None
     threshold: str | None = None
     min_channels: int = 1
-    round_to: int = 1
+    round_to: int | None = None  # None: multiples of 8 for large groups, then the fastest count near it
     exclude: Sequence[str] = ()
     bin_width: float = 0.01
+    latency_aware: bool = True  # time layers (cached) to round each group to a fast count
+    latency_target: float | None = None
+    latency_threads: int = 1  # onnxruntime threads the layer table is timed with
 
     @property
     def targets(self) -> bool:
@@ -72,22 +94,44 @@ def select(
     scores: Mapping[int, np.ndarray],
     config: PolicyConfig,
     cost_model: CostModel | ModelStats | None = None,
-) -> dict[int, np.ndarray]:
+    timer: LayerTimer | None = None,
+) -> Selection:
     """Group id -> sorted channel indices to remove, for every group losing at least one channel.
 
     ``scores`` holds one array per group (groups without one are left whole). ``cost_model`` is
     needed for a FLOPs/params target: a CostModel, or the ModelStats of this graph to build one
-    (without it, stats are counted with the graph's declared input shapes, batch 1).
+    (without it, stats are counted with the graph's declared input shapes, batch 1). ``timer``
+    gives layer latencies (default: the cached :class:`LatencyTable` at ``latency_threads``).
     """
     validate(config)
     patterns = [re.compile(pattern) for pattern in config.exclude]
     groups = [g for g in channel_graph.prunable if g.id in scores and not _excluded(channel_graph, g, patterns)]
+    latency = None
+    if config.latency_target is not None or (config.round_to is None and config.latency_aware):
+        latency = LatencyModel(channel_graph, groups, timer or LatencyTable(config.latency_threads))
+    predicted = None
     if config.threshold == ADAPTIVE:
         counts, plans = _threshold_counts(channel_graph, groups, scores, config)
     else:
         plans = {g.id: _plan(g, scores[g.id], config) for g in groups}
-        counts = _counts(channel_graph, plans, config, cost_model)
-    return {gid: np.sort(plans[gid].order[:k]) for gid, k in counts.items() if k > 0}
+        counts = {}
+    refine = functools.partial(_fastest, plans, latency) if latency and config.round_to is None else _same
+    if config.latency_target is not None and latency is not None:
+        counts, predicted = _latency_counts(plans, config.latency_target, latency)
+    elif config.threshold == ADAPTIVE:
+        counts = refine(counts)
+    else:
+        counts = _counts(channel_graph, plans, config, cost_model, refine)
+    selection = Selection({gid: np.sort(plans[gid].order[:k]) for gid, k in counts.items() if k > 0})
+    selection.predicted_latency = predicted
+    return selection
+
+
+class Selection(dict[int, np.ndarray]):
+    """Group id -> sorted channel indices to remove; ``predicted_latency``: the fraction of the layer
+    table's latency the pruned model keeps, where the policy predicted it (``latency_target``)."""
+
+    predicted_latency: float | None = None
 
 
 def validate(config: PolicyConfig) -> None:
@@ -104,10 +148,13 @@ def validate(config: PolicyConfig) -> None:
                           "threshold", "ratio", "global_ranking", "flops_target", "params_target")
     if config.ratio and config.targets:
         raise OptionError("{} and {}/{} are exclusive: give one", "ratio", "flops_target", "params_target")
+    _validate_latency_target(config)
     if config.min_channels < 0:
         raise OptionError(f"{{}} {config.min_channels} must be at least 0", "min_channels")
-    if config.round_to < 1:
+    if config.round_to is not None and config.round_to < 1:
         raise OptionError(f"{{}} {config.round_to} must be at least 1", "round_to")
+    if config.latency_threads < 1:
+        raise OptionError(f"{{}} {config.latency_threads} must be at least 1", "latency_threads")
     if not config.bin_width > 0:
         raise OptionError(f"{{}} {config.bin_width:g} must be positive", "bin_width")
     for pattern in config.exclude:
@@ -115,6 +162,19 @@ def validate(config: PolicyConfig) -> None:
             re.compile(pattern)
         except re.error as exc:
             raise OptionError(f"{{}} {pattern!r} is not a valid regular expression: {exc}", "exclude") from exc
+
+
+def _validate_latency_target(config: PolicyConfig) -> None:
+    target = config.latency_target
+    if target is None:
+        return
+    if not 0 < target < 1:
+        raise OptionError(f"{{}} {target:g} must be in (0, 1): the fraction of the latency to keep", "latency_target")
+    if config.ratio or config.targets or config.threshold is not None:
+        raise OptionError("{} and {}/{}/{}/{} are exclusive: give one", "latency_target", "ratio", "flops_target",
+                          "params_target", "threshold")
+    if not config.latency_aware:
+        raise OptionError("{} needs the layer latency table, which {} turns off", "latency_target", "latency_aware")
 
 
 # --- per-group plans ----------------------------------------------------------------------------
@@ -152,8 +212,8 @@ def _plan(group: ChannelGroup, score: np.ndarray, config: PolicyConfig, allowed:
     order = _keep_every_axis(group, ranked)
     limit = max(0, min(len(order), group.size - max(config.min_channels, 1)))
     normalised = score[order] / scale if scale > 0 else score[order]
-    return _Plan(group, order, int(candidate.sum()) if allowed is None else len(order), limit, config.round_to,
-                 normalised)
+    round_to = config.round_to if config.round_to is not None else ALIGN if group.size > SMALL else 1
+    return _Plan(group, order, int(candidate.sum()) if allowed is None else len(order), limit, round_to, normalised)
 
 
 def _keep_every_axis(group: ChannelGroup, ranked: np.ndarray) -> np.ndarray:
@@ -197,16 +257,48 @@ def _excluded(channel_graph: ChannelGraph, group: ChannelGroup, patterns: list[r
 # --- modes ----------------------------------------------------------------------------------------
 
 
+Refine = Callable[[dict[int, int]], dict[int, int]]
+"""Rounded removal counts -> the counts latency rounding turns them into."""
+
+
 def _counts(channel_graph: ChannelGraph, plans: dict[int, _Plan], config: PolicyConfig,
-            cost_model: CostModel | ModelStats | None) -> dict[int, int]:
+            cost_model: CostModel | ModelStats | None, refine: Refine) -> dict[int, int]:
     if config.targets:
         costs = cost_model if isinstance(cost_model, CostModel) else CostModel.build(channel_graph, cost_model)
-        return _target_counts(plans, config, costs)
+        return _target_counts(plans, config, costs, refine)
     if config.global_ranking:
         wanted = math.floor(config.ratio * sum(p.scorable for p in plans.values()) + EPSILON)
         ranking = _GlobalRanking(plans)
-        return ranking.counts(ranking.smallest(functools.partial(_removes_at_least, wanted)))
-    return _uniform(plans, config.ratio)
+        return refine(ranking.counts(ranking.smallest(functools.partial(_removes_at_least, wanted))))
+    return refine(_uniform(plans, config.ratio))
+
+
+def _same(counts: dict[int, int]) -> dict[int, int]:
+    return counts
+
+
+def _fastest(plans: dict[int, _Plan], latency: LatencyModel, counts: dict[int, int]) -> dict[int, int]:
+    """Each pruned group's removal count moved to the kept count its layers run fastest at, near where it was."""
+    kept = {gid: plans[gid].group.size - count for gid, count in counts.items()}
+    windows = {gid: _window(plans[gid], kept[gid]) for gid, count in counts.items() if count}
+    times = latency.group_ms(windows, kept)  # each group timed with its neighbours at their rounded counts
+    refined = dict(counts)
+    for gid, window in windows.items():
+        timed = [(ms, count) for count, ms in zip(window, times[gid]) if ms is not None]
+        current = times[gid][0]
+        if current is not None and min(timed)[0] < current / (1 + TIE):  # only a clear win moves the count
+            fastest = min(ms for ms, _ in timed)
+            near = [count for ms, count in timed if ms <= fastest * (1 + TIE)]
+            refined[gid] = plans[gid].group.size - min(near, key=lambda count: (abs(count - window[0]), count))
+    return refined
+
+
+def _window(plan: _Plan, kept: int) -> list[int]:
+    """``kept`` first, then the multiples of 8 (and the whole group) from 5 % below to max(8, 10 %) above it."""
+    size = plan.group.size
+    low, high = max(kept - kept // 20, size - plan.limit), min(kept + max(ALIGN, math.ceil(kept / 10)), size)
+    aligned = range(-(-low // ALIGN) * ALIGN, high + 1, ALIGN)
+    return [kept, *sorted({count for count in [*aligned, size] if low <= count <= high and count not in (0, kept)})]
 
 
 def _uniform(plans: dict[int, _Plan], ratio: float) -> dict[int, int]:
@@ -268,18 +360,120 @@ class _Target:
             params_target is None or params <= params_target * self.costs.params + EPSILON)
 
 
-def _target_counts(plans: dict[int, _Plan], config: PolicyConfig, costs: CostModel) -> dict[int, int]:
-    """The fewest removals (globally ranked, or the smallest uniform ratio) that meet the targets."""
+def _target_counts(plans: dict[int, _Plan], config: PolicyConfig, costs: CostModel, refine: Refine) -> dict[int, int]:
+    """The fewest removals (globally ranked, or the smallest uniform ratio) that meet the targets.
+
+    Latency rounding (``refine``) may keep more than the plain rounding the search used: then the
+    search point moves on (a longer prefix, a larger ratio) until the refined counts meet the targets
+    too, or falls back to the plain counts.
+    """
     met = _Target(plans, config, costs)
     _check_reachable(config, costs, met.left({gid: plan.effective(plan.limit) for gid, plan in plans.items()}))
     if config.global_ranking:
         ranking = _GlobalRanking(plans)
-        return ranking.counts(ranking.smallest(met))
+        prefix = ranking.smallest(met)
+        step = max(1, len(ranking.owner) // 200)
+        tries = (ranking.counts(min(prefix + i * step, len(ranking.owner))) for i in range(REFINE_STEPS))
+        return _first_met(tries, met, refine, ranking.counts(prefix))
     low, high = 0.0, 1.0
     for _ in range(40):  # bisection on the ratio: counts only grow with it
         middle = (low + high) / 2
         low, high = (low, middle) if met(_uniform(plans, middle)) else (middle, high)
-    return _uniform(plans, high)
+    tries = (_uniform(plans, min(high + i * 0.005, 1.0)) for i in range(REFINE_STEPS))
+    return _first_met(tries, met, refine, _uniform(plans, high))
+
+
+def _first_met(tries: Iterable[dict[int, int]], met: _Target, refine: Refine, fallback: dict[int, int]
+               ) -> dict[int, int]:
+    for counts in tries:
+        refined = refine(counts)
+        if met(refined):
+            return refined
+    return fallback
+
+
+# --- latency target (HALP) ----------------------------------------------------------------------
+
+
+def _latency_counts(plans: dict[int, _Plan], target: float, latency: LatencyModel) -> tuple[dict[int, int], float]:
+    """Removal counts whose predicted latency is at most ``target`` of the whole model's, and the fraction kept.
+
+    Greedy: each step removes the next rounding unit of the group whose next block has the least
+    normalised importance per millisecond it saves; after a step only the groups sharing a layer
+    with it are re-priced.
+    """
+    latency.group_ms({gid: _grid(plan) for gid, plan in plans.items()})
+    whole = latency.time_whole()
+    if whole <= 0:
+        raise OptionError("{} needs layer latencies, and onnxruntime could not time any layer of this model",
+                          "latency_target")
+    greedy = _Greedy(plans, latency)
+    while greedy.ms > target * whole + EPSILON:
+        if not greedy.step():
+            raise OptionError(f"{{}} {target:g} is unreachable: with {{}} the floor is "
+                              f"{greedy.ms / whole:.2f} of the predicted latency", "latency_target", "min_channels")
+    return greedy.removed, greedy.ms / whole
+
+
+def _grid(plan: _Plan) -> list[int]:
+    """Kept counts to time for interpolation: eighths of the group in rounding units, the floor and the whole."""
+    size, unit = plan.group.size, plan.round_to
+    counts = {max(unit, round(size * j / 8 / unit) * unit) for j in range(1, 8)}
+    return sorted(count for count in {*counts, size, size - plan.limit} if size - plan.limit <= count <= size)
+
+
+class _Greedy:
+    """Removal counts per group and the model's predicted ms, lowered one block at a time."""
+
+    def __init__(self, plans: dict[int, _Plan], latency: LatencyModel) -> None:
+        self.plans, self.latency = plans, latency
+        self.removed = {gid: 0 for gid in plans}
+        self.kept = {gid: plan.group.size for gid, plan in plans.items()}
+        self.layer_ms = [latency.layer_ms(layer, self.kept) for layer in range(len(latency.layers))]
+        self.ms = float(sum(self.layer_ms))
+        self.neighbours = {gid: {other for layer in latency.layers_of(gid)
+                                 for other in latency.layer_groups[layer] if other in plans} for gid in plans}
+        self.version = dict.fromkeys(plans, 0)
+        self.heap: list[tuple[float, int, int]] = []
+        for gid in plans:
+            self._price(gid)
+
+    def _next(self, gid: int) -> int:
+        """Kept count after the next block of ``gid`` goes (the current count when nothing more can go)."""
+        plan, kept = self.plans[gid], self.kept[gid]
+        return max((kept - 1) // plan.round_to * plan.round_to, plan.group.size - plan.limit, 0)
+
+    def _saving(self, gid: int, kept: int) -> float:
+        trial = {**self.kept, gid: kept}
+        return sum(self.layer_ms[layer] - self.latency.layer_ms(layer, trial) for layer in self.latency.layers_of(gid))
+
+    def _price(self, gid: int) -> None:
+        self.version[gid] += 1
+        kept = self._next(gid)
+        if kept >= self.kept[gid]:
+            return
+        plan, removed = self.plans[gid], self.removed[gid]
+        loss = max(float(plan.normalised[removed: plan.group.size - kept].sum()), 0.0)
+        saving = self._saving(gid, kept)
+        price = loss / saving if saving > 0 else math.inf
+        heapq.heappush(self.heap, (price, gid, self.version[gid]))
+
+    def step(self) -> bool:
+        """Remove the cheapest block; False when no group can lose more."""
+        while self.heap:
+            _, gid, version = heapq.heappop(self.heap)
+            if version == self.version[gid]:
+                break
+        else:
+            return False
+        self.kept[gid] = self._next(gid)
+        self.removed[gid] = self.plans[gid].group.size - self.kept[gid]
+        for layer in self.latency.layers_of(gid):
+            self.layer_ms[layer] = self.latency.layer_ms(layer, self.kept)
+        self.ms = float(sum(self.layer_ms))
+        for other in self.neighbours[gid] | {gid}:
+            self._price(other)
+        return True
 
 
 def _check_reachable(config: PolicyConfig, costs: CostModel, floor: tuple[float, float]) -> None:

@@ -84,7 +84,8 @@ def cost_lines(cost: Cost, fidelity: Fidelity) -> list[str]:
     ]
 
 
-FLAGS = {"count": "--blocks", "global_ranking": "--global", "lam": "--lambda"}
+FLAGS = {"count": "--blocks", "global_ranking": "--global", "lam": "--lambda", "latency_aware": "--no-latency-table",
+         "latency_threads": "--threads"}
 """Library parameter names whose flag is not the parameter with dashes (``flops_target`` -> ``--flops-target``)."""
 
 

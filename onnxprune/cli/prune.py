@@ -40,7 +40,15 @@ def _add_prune(commands) -> None:
     parser.add_argument("--threshold", choices=["adaptive"],
                         help="per-group histogram threshold on BN scales (joint-pruning patent)")
     parser.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a group")
-    parser.add_argument("--round-to", type=int, default=1, help="keep channel counts at multiples of N")
+    parser.add_argument("--latency-target", type=float,
+                        help="keep this fraction of the latency the layer table predicts (e.g. 0.5), removing "
+                             "the channels of least importance per millisecond saved")
+    parser.add_argument("--round-to", type=int,
+                        help="keep channel counts at multiples of N (1: exact counts); default: multiples of 8 "
+                             "moved to the count the layer table times fastest")
+    parser.add_argument("--no-latency-table", dest="latency_aware", action="store_false",
+                        help="round to multiples of 8 without timing layers (the table is cached per machine in "
+                             "$ONNXPRUNE_CACHE_DIR or ~/.cache/onnxprune)")
     parser.add_argument("--exclude", type=names, default=[], help="comma-separated regexes of layers to keep whole")
     parser.add_argument("--fuse", action="store_true",
                         help="fuse removed channels into similar kept ones (APBM); the same as --recover fuse")
@@ -74,7 +82,8 @@ def _prune(args: argparse.Namespace) -> int:
     config = policy.PolicyConfig(
         ratio=args.ratio, global_ranking=args.global_ranking, flops_target=args.flops_target,
         params_target=args.params_target, threshold=args.threshold, min_channels=args.min_channels,
-        round_to=args.round_to, exclude=args.exclude,
+        round_to=args.round_to, exclude=args.exclude, latency_aware=args.latency_aware,
+        latency_target=args.latency_target, latency_threads=args.threads,
     )
     if args.layers:
         return _prune_layers_too(args, config)
@@ -86,7 +95,8 @@ def _prune(args: argparse.Namespace) -> int:
         input_shapes=data.parse_input_shapes(args.input_shape), data_source=data_source(args), runs=args.runs,
         threads=args.threads, criterion_options=_criterion_options(args), keep_bn=args.keep_bn,
     )
-    emit(args, outcome.to_dict(), lambda: _prune_text(outcome))
+    payload = {**outcome.to_dict(), "predicted_latency": _predicted_latency(outcome)}
+    emit(args, payload, lambda: report.with_phases(_prune_text(outcome), outcome.phases, args.verbose))
     return 0
 
 
@@ -120,9 +130,25 @@ def _prune_text(outcome: api.PruneOutcome) -> str:
         *blocked_lines(outcome.blocked_params, outcome.cost.before.stats.params),
         "",
         *measured,
+        *_latency_line(outcome),
         *_recovery_line(outcome),
         wrote,
     ])
+
+
+def _predicted_latency(outcome: api.PruneOutcome) -> float | None:
+    removed = outcome.pruned.removed
+    return removed.predicted_latency if isinstance(removed, policy.Selection) else None
+
+
+def _latency_line(outcome: api.PruneOutcome) -> list[str]:
+    """The latency the policy predicted (``--latency-target``) beside the one measured."""
+    predicted = _predicted_latency(outcome)
+    if predicted is None:
+        return []
+    before, after = outcome.cost.before.median_ms, outcome.cost.after.median_ms
+    measured = f", measured {after / before:.2f}" if before and after is not None else ""
+    return [f"latency: predicted {predicted:.2f} of the original by the layer table{measured}"]
 
 
 def blocked_lines(blocked: dict[str, int], total: int) -> list[str]:

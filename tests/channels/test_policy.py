@@ -44,6 +44,11 @@ def network(widths, gammas=None, seed=0):
     return make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [None] * 4)], inits)
 
 
+def exact(**options) -> PolicyConfig:
+    """A policy that keeps the counts it computes (no latency rounding, unless options ask for it)."""
+    return PolicyConfig(**{"round_to": 1, **options})
+
+
 def analysed(model) -> ChannelGraph:
     from onnxprune.passes.pipeline import prepare
 
@@ -71,20 +76,20 @@ def test_ratio_removes_exact_counts_of_lowest_per_group():
     channel_graph = analysed(network([8, 10]))
     scores = ranked(channel_graph, [0, 1])
     first, second = group(channel_graph, 0).id, group(channel_graph, 1).id
-    removed = select(channel_graph, scores, PolicyConfig(ratio=0.5))
+    removed = select(channel_graph, scores, exact(ratio=0.5))
     np.testing.assert_array_equal(removed[first], lowest(scores[first], 4))
     np.testing.assert_array_equal(removed[second], lowest(scores[second], 5))
-    quarter = select(channel_graph, scores, PolicyConfig(ratio=0.25))
+    quarter = select(channel_graph, scores, exact(ratio=0.25))
     assert {gid: len(c) for gid, c in quarter.items()} == {first: 2, second: 2}  # floor(2.5) = 2
-    assert select(channel_graph, scores, PolicyConfig(ratio=0.0)) == {}
+    assert select(channel_graph, scores, exact(ratio=0.0)) == {}
 
 
 def test_min_channels_is_a_floor_per_group():
     channel_graph = analysed(network([8, 2]))
     scores = ranked(channel_graph, [0, 1])
-    removed = select(channel_graph, scores, PolicyConfig(ratio=0.9, min_channels=3))
+    removed = select(channel_graph, scores, exact(ratio=0.9, min_channels=3))
     assert {gid: len(c) for gid, c in removed.items()} == {group(channel_graph, 0).id: 5}
-    always_one = select(channel_graph, scores, PolicyConfig(ratio=0.99, min_channels=0))
+    always_one = select(channel_graph, scores, exact(ratio=0.99, min_channels=0))
     assert len(always_one[group(channel_graph, 0).id]) == 7
 
 
@@ -98,7 +103,7 @@ def test_min_channels_is_a_floor_per_group():
 def test_round_to_keeps_multiples(width, ratio, round_to, kept):
     channel_graph = analysed(network([width]))
     scores = ranked(channel_graph, [0])
-    removed = select(channel_graph, scores, PolicyConfig(ratio=ratio, round_to=round_to))
+    removed = select(channel_graph, scores, exact(ratio=ratio, round_to=round_to))
     gid = group(channel_graph, 0).id
     assert width - len(removed.get(gid, [])) == kept
     np.testing.assert_array_equal(removed.get(gid, np.zeros(0, int)), lowest(scores[gid], width - kept))
@@ -108,7 +113,7 @@ def test_nan_scores_are_never_removed():
     channel_graph = analysed(network([8]))
     gid = group(channel_graph, 0).id
     scores = {gid: np.array([np.nan, 1, 2, 3, 4, 5, 6, np.nan])}
-    removed = select(channel_graph, scores, PolicyConfig(ratio=0.99))
+    removed = select(channel_graph, scores, exact(ratio=0.99))
     np.testing.assert_array_equal(removed[gid], [1, 2, 3, 4, 5])  # 6 scorable, 5 removable, one kept
 
 
@@ -128,7 +133,7 @@ def test_every_axis_keeps_a_channel():
     channel_graph = analysed(make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [None] * 4)], inits))
     gid = next(g.id for g in channel_graph.groups if ("w0", 0) in g.members)
     scores = {gid: np.array([1.0, 2, 3, 4, 5, 6, 7, 8])}
-    removed = select(channel_graph, scores, PolicyConfig(ratio=0.6))
+    removed = select(channel_graph, scores, exact(ratio=0.6))
     np.testing.assert_array_equal(removed[gid], [0, 1, 2, 4])  # channel 3 is the last of the first half
     prune_channels.run(channel_graph.graph, channel_graph, removed)  # a legal cut
 
@@ -140,11 +145,11 @@ def test_global_ranking_normalises_each_group_by_its_mean():
     channel_graph = analysed(network([8, 8]))
     a, b = group(channel_graph, 0).id, group(channel_graph, 1).id
     same_shape = {a: 1000.0 * np.arange(1, 9), b: np.arange(1, 9) / 1000.0}
-    removed = select(channel_graph, same_shape, PolicyConfig(ratio=0.5, global_ranking=True))
+    removed = select(channel_graph, same_shape, exact(ratio=0.5, global_ranking=True))
     assert {g: len(c) for g, c in removed.items()} == {a: 4, b: 4}  # raw scores would take all 8 from b
     # a: seven channels at half its mean, one at 4.5x; b: 1..8 over a mean of 4.5
     skewed = {a: 1000.0 * np.array([1, 1, 1, 1, 1, 1, 1, 9]), b: np.arange(1.0, 9.0)}
-    removed = select(channel_graph, skewed, PolicyConfig(ratio=0.5, global_ranking=True))
+    removed = select(channel_graph, skewed, exact(ratio=0.5, global_ranking=True))
     assert {g: len(c) for g, c in removed.items()} == {a: 6, b: 2}
     np.testing.assert_array_equal(removed[b], [0, 1])
 
@@ -175,16 +180,16 @@ def test_adaptive_threshold_removes_channels_below_delta():
     channel_graph = analysed(network([16], gammas=[gamma]))
     gid = group(channel_graph, 0).id
     scores = importance.score_groups(channel_graph, importance.make("l1"))  # the threshold reads γ itself
-    removed = select(channel_graph, scores, PolicyConfig(threshold="adaptive"))
+    removed = select(channel_graph, scores, exact(threshold="adaptive"))
     np.testing.assert_array_equal(removed[gid], small)
-    floored = select(channel_graph, scores, PolicyConfig(threshold="adaptive", min_channels=12))
+    floored = select(channel_graph, scores, exact(threshold="adaptive", min_channels=12))
     np.testing.assert_array_equal(floored[gid], lowest(np.where(np.isin(np.arange(16), small), scores[gid], np.inf), 4))
 
 
 def test_adaptive_threshold_leaves_groups_without_bn_whole():
     channel_graph = analysed(network([8]))
     scores = ranked(channel_graph, [0])
-    assert select(channel_graph, scores, PolicyConfig(threshold="adaptive")) == {}
+    assert select(channel_graph, scores, exact(threshold="adaptive")) == {}
 
 
 # --- FLOPs / params targets ------------------------------------------------------------------
@@ -204,7 +209,7 @@ def pruned_stats(model, config):
 
 @pytest.mark.parametrize("global_ranking", [True, False])
 def test_flops_target_is_reached_within_one_channel(global_ranking):
-    before, after, (channel_macs, _) = pruned_stats(network([16, 24, 16]), PolicyConfig(flops_target=0.5,
+    before, after, (channel_macs, _) = pruned_stats(network([16, 24, 16]), exact(flops_target=0.5,
                                                                                          global_ranking=global_ranking))
     assert after.macs <= 0.5 * before.macs
     if global_ranking:
@@ -212,7 +217,7 @@ def test_flops_target_is_reached_within_one_channel(global_ranking):
 
 
 def test_params_target_is_reached_within_one_channel():
-    before, after, (_, channel_params) = pruned_stats(network([16, 24, 16]), PolicyConfig(params_target=0.3,
+    before, after, (_, channel_params) = pruned_stats(network([16, 24, 16]), exact(params_target=0.3,
                                                                                            global_ranking=True))
     assert 0.3 * before.params - channel_params <= after.params <= 0.3 * before.params
 
@@ -222,7 +227,7 @@ def test_cost_model_predicts_pruned_counts_exactly():
     channel_graph = analysed(model)
     stats = model_stats(to_model(channel_graph.graph, model))
     costs = CostModel(channel_graph, stats)
-    removed = select(channel_graph, ranked(channel_graph, [0, 1, 2]), PolicyConfig(ratio=0.4))
+    removed = select(channel_graph, ranked(channel_graph, [0, 1, 2]), exact(ratio=0.4))
     macs, params = costs.left(costs.removed(removed, channel_graph))
     prune_channels.run(channel_graph.graph, channel_graph, removed)
     after = model_stats(to_model(channel_graph.graph, model))
@@ -240,7 +245,7 @@ def test_cost_model_predicts_pruned_counts_exactly():
 def test_exclude_leaves_matching_groups_whole(pattern, whole):
     channel_graph = analysed(network([8, 8, 8]))
     scores = ranked(channel_graph, [0, 1, 2])
-    removed = select(channel_graph, scores, PolicyConfig(ratio=0.5, exclude=[pattern]))
+    removed = select(channel_graph, scores, exact(ratio=0.5, exclude=[pattern]))
     assert set(removed) == {group(channel_graph, layer).id for layer in {0, 1, 2} - whole}
 
 
@@ -248,18 +253,18 @@ def test_exclude_leaves_matching_groups_whole(pattern, whole):
 
 
 @pytest.mark.parametrize(("config", "message"), [
-    (PolicyConfig(ratio=1.0), r"--ratio 1 is outside \[0, 1\)"),
-    (PolicyConfig(ratio=-0.1), r"--ratio -0.1 is outside \[0, 1\)"),
-    (PolicyConfig(flops_target=0.0), r"--flops-target 0 must be in \(0, 1\]"),
-    (PolicyConfig(flops_target=1.5), r"--flops-target 1.5 must be in \(0, 1\]"),
-    (PolicyConfig(params_target=-1), r"--params-target -1 must be in \(0, 1\]"),
-    (PolicyConfig(threshold="otsu"), "--threshold 'otsu' is unknown"),
-    (PolicyConfig(threshold="adaptive", ratio=0.5), "--threshold adaptive chooses"),
-    (PolicyConfig(threshold="adaptive", global_ranking=True), "--threshold adaptive chooses"),
-    (PolicyConfig(ratio=0.5, flops_target=0.5), "--ratio and --flops-target/--params-target are exclusive"),
-    (PolicyConfig(round_to=0), "--round-to 0 must be at least 1"),
-    (PolicyConfig(min_channels=-1), "--min-channels -1 must be at least 0"),
-    (PolicyConfig(exclude=["conv("]), "--exclude 'conv\\(' is not a valid regular expression"),
+    (exact(ratio=1.0), r"--ratio 1 is outside \[0, 1\)"),
+    (exact(ratio=-0.1), r"--ratio -0.1 is outside \[0, 1\)"),
+    (exact(flops_target=0.0), r"--flops-target 0 must be in \(0, 1\]"),
+    (exact(flops_target=1.5), r"--flops-target 1.5 must be in \(0, 1\]"),
+    (exact(params_target=-1), r"--params-target -1 must be in \(0, 1\]"),
+    (exact(threshold="otsu"), "--threshold 'otsu' is unknown"),
+    (exact(threshold="adaptive", ratio=0.5), "--threshold adaptive chooses"),
+    (exact(threshold="adaptive", global_ranking=True), "--threshold adaptive chooses"),
+    (exact(ratio=0.5, flops_target=0.5), "--ratio and --flops-target/--params-target are exclusive"),
+    (exact(round_to=0), "--round-to 0 must be at least 1"),
+    (exact(min_channels=-1), "--min-channels -1 must be at least 0"),
+    (exact(exclude=["conv("]), "--exclude 'conv\\(' is not a valid regular expression"),
 ])
 def test_impossible_requests_raise(config, message):
     """Library terms in the message itself; the CLI's rendering names the flags."""
@@ -270,8 +275,8 @@ def test_impossible_requests_raise(config, message):
 
 
 @pytest.mark.parametrize(("option", "config", "what"), [
-    ("--flops-target", PolicyConfig(flops_target=0.01), "FLOPs"),
-    ("--params-target", PolicyConfig(params_target=0.01, min_channels=2), "parameters"),
+    ("--flops-target", exact(flops_target=0.01), "FLOPs"),
+    ("--params-target", exact(params_target=0.01, min_channels=2), "parameters"),
 ])
 def test_unreachable_target_says_the_floor(option, config, what):
     model = network([8, 8])
@@ -282,3 +287,87 @@ def test_unreachable_target_says_the_floor(option, config, what):
     with pytest.raises(OptionError) as error:
         select(channel_graph, ranked(channel_graph, [0, 1]), config, stats)
     assert re.search(pattern, flagged(error.value))
+
+
+# --- latency-aware rounding and latency target (fake tables: machine-independent) -----------------
+
+
+class FakeTable:
+    """ms = weight elements / 1000, times ``slow`` when the output count is not a multiple of 16; counts calls."""
+
+    def __init__(self, slow: float = 1.0, untimeable: bool = False) -> None:
+        self.slow, self.untimeable, self.shapes = slow, untimeable, []
+
+    def __call__(self, shapes):
+        self.shapes += shapes
+        return [None if self.untimeable else np.prod(s.weight) / 1000 * (self.slow if s.weight[0] % 16 else 1.0)
+                for s in shapes]
+
+
+def kept_counts(channel_graph, removed, layers):
+    return [group(channel_graph, i).size - len(removed.get(group(channel_graph, i).id, ())) for i in layers]
+
+
+@pytest.mark.parametrize(("slow", "kept"), [
+    (1.0, [24, 40, 8]),  # ms linear in channels: the halves themselves are fastest
+    (3.0, [24, 48, 16]),  # an output count off a multiple of 16 costs 3x: 40 -> 48 and 8 -> 16 pay off; 24 is
+                          # only an input of conv1 (80 outputs), and 32 is slower there
+])
+def test_rounding_takes_the_fastest_count_near_the_target(slow, kept):
+    channel_graph = analysed(network([48, 80, 16]))
+    scores = ranked(channel_graph, [0, 1, 2])
+    removed = select(channel_graph, scores, PolicyConfig(ratio=0.5), timer=FakeTable(slow))
+    assert kept_counts(channel_graph, removed, [0, 1, 2]) == kept
+    for i in (0, 1):  # the lowest-scored channels still go first
+        np.testing.assert_array_equal(removed[group(channel_graph, i).id],
+                                      lowest(scores[group(channel_graph, i).id], 48 + 32 * i - kept[i]))
+
+
+def test_untimeable_layers_fall_back_to_multiples_of_8_for_groups_over_8():
+    channel_graph = analysed(network([44, 20, 6]))
+    scores = ranked(channel_graph, [0, 1, 2])
+    removed = select(channel_graph, scores, PolicyConfig(ratio=0.5), timer=FakeTable(untimeable=True))
+    assert kept_counts(channel_graph, removed, [0, 1, 2]) == [24, 16, 3]  # 22 -> 24, 10 -> 16; 6 channels: exact
+    unrounded = select(channel_graph, scores, PolicyConfig(ratio=0.5, round_to=1), timer=FakeTable(slow=3.0))
+    assert kept_counts(channel_graph, unrounded, [0, 1, 2]) == [22, 10, 3]
+
+
+def test_flops_target_holds_after_latency_rounding():
+    model = network([48, 80, 48])
+    channel_graph = analysed(model)
+    stats = model_stats(to_model(channel_graph.graph, model))
+    costs = CostModel(channel_graph, stats)
+    scores = ranked(channel_graph, [0, 1, 2])
+    removed = select(channel_graph, scores, PolicyConfig(flops_target=0.4), stats, timer=FakeTable(slow=3.0))
+    macs, _ = costs.left(costs.removed(removed, channel_graph))
+    assert macs <= 0.4 * stats.macs
+    assert kept_counts(channel_graph, removed, [0, 1, 2]) == [24, 48, 32]  # multiples of 8 alone: [24, 48, 24]
+
+
+@pytest.mark.parametrize("target", [0.6, 0.3])
+def test_latency_target_is_reached_by_the_cheapest_blocks(target):
+    channel_graph = analysed(network([64, 64, 64]))
+    scores = ranked(channel_graph, [0, 1, 2])
+    removed = select(channel_graph, scores, PolicyConfig(latency_target=target), timer=FakeTable())
+    kept = kept_counts(channel_graph, removed, [0, 1, 2])
+    # group 1 sits between the two 64x64 convs: each of its channels saves the most ms, so it goes furthest
+    assert all(k % 8 == 0 for k in kept) and kept[1] < min(kept[0], kept[2])
+    # the fake ms is linear in each layer's channels, so the interpolated prediction is exact
+    full = sum(w[0] * w[1] for w in ([64, 3], [64, 64], [64, 64], [3, 64]))
+    left = 3 * kept[0] + kept[0] * kept[1] + kept[1] * kept[2] + 3 * kept[2]
+    assert removed.predicted_latency == pytest.approx(left / full) and target - 0.1 < left / full <= target
+
+
+@pytest.mark.parametrize(("config", "message"), [
+    (PolicyConfig(latency_target=1.0), r"--latency-target 1 must be in \(0, 1\)"),
+    (PolicyConfig(latency_target=0.0), r"--latency-target 0 must be in \(0, 1\)"),
+    (PolicyConfig(latency_target=0.5, ratio=0.5), "--latency-target and --ratio/.* are exclusive"),
+    (PolicyConfig(latency_target=0.5, flops_target=0.5), "--latency-target and --ratio/.* are exclusive"),
+    (PolicyConfig(latency_target=0.5, latency_aware=False), "needs the layer latency table, which --no-latency-table"),
+    (PolicyConfig(latency_target=0.01, min_channels=60), r"--latency-target 0.01 is unreachable: with --min-channels"),
+])
+def test_latency_target_options(config, message):
+    channel_graph = analysed(network([64, 64]))
+    with pytest.raises(OptionError) as error:
+        select(channel_graph, ranked(channel_graph, [0, 1]), config, timer=FakeTable())
+    assert re.search(message, flagged(error.value)) and "--" not in str(error.value)

@@ -29,7 +29,8 @@ def model_path(tmp_path):
 
 def test_prune_ratio_writes_smaller_model_and_report(model_path, tmp_path, capsys):
     out, report = tmp_path / "pruned.onnx", tmp_path / "r.json"
-    assert main(["prune", str(model_path), str(out), "--ratio", "0.5", "--runs", "3", "--report", str(report)]) == 0
+    assert main(["prune", str(model_path), str(out), "--ratio", "0.5", "--round-to", "1", "--runs", "3",
+                 "--report", str(report)]) == 0
     before, after = model_stats(onnx.load(model_path)), model_stats(onnx.load(out))
     assert after.params < 0.4 * before.params
     assert after.flops < 0.4 * before.flops

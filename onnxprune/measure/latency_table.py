@@ -1,0 +1,163 @@
+"""Latency of single layers under onnxruntime, timed once per machine and cached: the lookup table
+of NetAdapt (Yang et al. 2018) and HALP (Shen et al. 2022).
+
+A model's FLOPs say little about its speed on a CPU: onnxruntime runs a Conv in its blocked NCHWc
+layout only when the channel counts suit the SIMD width, and an odd count can make a layer
+several times slower than a larger aligned one. So the policy asks this table how long each
+resized layer takes. Each :class:`LayerShape` is timed as a one-node model with graph
+optimizations on (NCHWc blocking applies), at the caller's thread count, and the result is kept
+in a JSON file keyed by CPU model, onnxruntime version and thread count, so a later run times
+nothing. The minimum of a few runs after a warm-up is kept: on a shared machine interference only
+adds time, so the minimum is the steadiest estimate of the layer's own cost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import re
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
+
+from onnxprune.core.errors import InputError
+from onnxprune.measure.verify import session
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "ONNXPRUNE_CACHE_DIR"
+OPSET = 17
+RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.NotImplemented, ort_state.RuntimeException)
+
+
+@dataclass(frozen=True)
+class LayerShape:
+    """One Conv or Gemm as onnxruntime sees it: data and weight shapes, and the attributes that change its cost.
+
+    ``attrs`` holds sorted (name, value) pairs (strides, pads, dilations, group, transB ...).
+    """
+
+    op: str
+    input: tuple[int, ...]
+    weight: tuple[int, ...]
+    attrs: tuple[tuple[str, tuple[int, ...] | int | str], ...] = ()
+
+    @property
+    def key(self) -> str:
+        dims = "x".join
+        attrs = ";".join(f"{name}={value}" for name, value in self.attrs)
+        return f"{self.op}|{dims(map(str, self.input))}|{dims(map(str, self.weight))}|{attrs}"
+
+    def model(self) -> onnx.ModelProto:
+        """A one-node model of this layer (with bias), random weights."""
+        rng = np.random.default_rng(0)
+        weight = rng.random(self.weight, dtype=np.float32) - 0.5
+        rows = self.weight[0] if self.op == "Conv" or dict(self.attrs).get("transB") else self.weight[1]
+        bias = np.zeros(rows, dtype=np.float32)
+        attrs: dict[str, Any] = dict(self.attrs)
+        node = helper.make_node(self.op, ["x", "w", "b"], ["y"], **attrs)
+        graph = helper.make_graph(
+            [node], "layer", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(self.input))],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+            [numpy_helper.from_array(weight, "w"), numpy_helper.from_array(bias, "b")],
+        )
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+class LayerTimer(Protocol):
+    """Milliseconds per layer shape; None where a shape cannot be timed."""
+
+    def __call__(self, shapes: Sequence[LayerShape]) -> list[float | None]: ...
+
+
+class LatencyTable:
+    """A :class:`LayerTimer` backed by a per-machine JSON cache; ``timed`` counts the shapes it had to time."""
+
+    def __init__(self, threads: int = 1, cache_dir: str | os.PathLike | None = None, runs: int = 5,
+                 warmup: int = 1) -> None:
+        self.threads, self.runs, self.warmup = threads, runs, warmup
+        self.path = Path(cache_dir or default_cache_dir()) / f"latency-{machine_key(threads)}.json"
+        self.entries: dict[str, float | None] = _read(self.path)
+        self.timed = 0
+
+    def __call__(self, shapes: Sequence[LayerShape]) -> list[float | None]:
+        missing = list(dict.fromkeys(shape for shape in shapes if shape.key not in self.entries))
+        if missing:
+            start = time.perf_counter()
+            for shape in missing:
+                self.entries[shape.key] = self._time(shape)
+            self.timed += len(missing)
+            log.info("timed %d layer shapes in %.2f s", len(missing), time.perf_counter() - start)
+            self._save({shape.key: self.entries[shape.key] for shape in missing})
+        return [self.entries[shape.key] for shape in shapes]
+
+    def _time(self, shape: LayerShape) -> float | None:
+        feed = {"x": np.full(shape.input, 0.5, dtype=np.float32)}  # values do not change a conv's speed
+        try:
+            return _min_ms(session(shape.model(), threads=self.threads), feed, self.runs, self.warmup)
+        except (InputError, RuntimeError, *RUN_ERRORS) as exc:  # a shape onnxruntime refuses: the caller falls back
+            log.info("cannot time %s: %s", shape.key, exc)
+            return None
+
+    def _save(self, new: dict[str, float | None]) -> None:
+        """Merge into what is on disk now (another process may have added entries), atomically."""
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            merged = {**_read(self.path), **new}
+            with tempfile.NamedTemporaryFile("w", dir=self.path.parent, prefix=".latency-", delete=False) as file:
+                json.dump(merged, file, indent=0, sort_keys=True)
+            os.replace(file.name, self.path)
+        except OSError as exc:
+            log.warning("cannot write the latency cache %s: %s", self.path, exc)
+
+
+def _min_ms(sess: ort.InferenceSession, feed: dict[str, np.ndarray], runs: int, warmup: int) -> float:
+    for _ in range(warmup):
+        sess.run(None, feed)
+    best = float("inf")
+    for _ in range(runs):
+        start = time.perf_counter()
+        sess.run(None, feed)
+        best = min(best, time.perf_counter() - start)
+    return best * 1e3
+
+
+def _read(path: Path) -> dict[str, float | None]:
+    try:
+        entries = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return entries if isinstance(entries, dict) else {}
+
+
+def default_cache_dir() -> Path:
+    """$ONNXPRUNE_CACHE_DIR, else $XDG_CACHE_HOME/onnxprune, else ~/.cache/onnxprune."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "onnxprune"
+
+
+def machine_key(threads: int) -> str:
+    """CPU model, onnxruntime version and thread count: what a layer's latency depends on besides its shape."""
+    return re.sub(r"[^A-Za-z0-9.]+", "-", f"{cpu_model()}-ort{ort.__version__}-t{threads}").strip("-")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"

@@ -1,0 +1,49 @@
+"""The layer latency table: one-node models that run, a per-machine cache that makes a second run time nothing."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from onnxprune.measure.latency_table import CACHE_ENV, LatencyTable, LayerShape, default_cache_dir, machine_key
+from onnxprune.measure.verify import run
+
+CONV = LayerShape("Conv", (1, 8, 6, 6), (16, 8, 3, 3), (("group", 1), ("pads", (1, 1, 1, 1))))
+DEPTHWISE = LayerShape("Conv", (1, 8, 6, 6), (8, 1, 3, 3), (("group", 8), ("strides", (2, 2))))
+GEMM = LayerShape("Gemm", (1, 12), (5, 12), (("transB", 1),))
+
+
+@pytest.mark.parametrize(("shape", "output"), [(CONV, (1, 16, 6, 6)), (DEPTHWISE, (1, 8, 2, 2)), (GEMM, (1, 5))])
+def test_one_node_model_has_the_layer_shape(shape, output):
+    model = shape.model()
+    (y,) = run(model, [{"x": np.ones(shape.input, np.float32)}])[0].values()
+    assert y.shape == output and [n.op_type for n in model.graph.node] == [shape.op]
+
+
+def test_second_table_on_the_same_cache_times_nothing(tmp_path):
+    first = LatencyTable(cache_dir=tmp_path, runs=2)
+    times = first([CONV, GEMM, CONV])
+    assert first.timed == 2 and times[0] == times[2] and all(t is not None and t > 0 for t in times)
+    assert first([GEMM]) == [times[1]] and first.timed == 2
+    second = LatencyTable(cache_dir=tmp_path, runs=2)
+    assert second([CONV, GEMM]) == times[:2] and second.timed == 0
+    cached = json.loads(second.path.read_text())
+    assert cached == {CONV.key: times[0], GEMM.key: times[1]}
+    assert "-t1" in second.path.name and LatencyTable(threads=2, cache_dir=tmp_path).path != second.path
+
+
+def test_a_shape_onnxruntime_refuses_is_none(tmp_path):
+    broken = LayerShape("Conv", (1, 8, 6, 6), (16, 3, 3, 3))  # 8 input channels, weight reads 3
+    table = LatencyTable(cache_dir=tmp_path, runs=1)
+    assert table([broken, GEMM])[0] is None and table.timed == 2
+
+
+def test_cache_dir_comes_from_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path))
+    assert default_cache_dir() == tmp_path
+    monkeypatch.delenv(CACHE_ENV)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    assert default_cache_dir() == tmp_path / "xdg" / "onnxprune"
+    assert machine_key(4).endswith("-t4") and "/" not in machine_key(1)
