@@ -106,7 +106,7 @@ def test_fusing_improves_fidelity_on_random_weights(seed):
     model = chain(np.random.default_rng(seed).standard_normal((16, C_IN, 3, 3)), seed=seed)
     channel_graph = analysed(model)
     scores = importance.score_groups(channel_graph, importance.make("l1"))
-    remove = policy.select(channel_graph, scores, policy.PolicyConfig(ratio=0.5))
+    remove = policy.select(channel_graph, scores, policy.PolicyConfig(ratio=0.5, round_to=1))
     removed = remove[group_id(channel_graph)]
     plain, _ = prune(model, removed, fuse=False)
     fused, report = prune(model, removed, fuse=True)

@@ -203,7 +203,8 @@ def _pruned_resnet20() -> tuple[onnx.ModelProto, onnx.ModelProto, dict[str, np.n
     scorer = importance.make("l1")
     scores = {group.id: scorer(group, graph) for group in channel_graph.prunable}
     counted = stats.model_stats(original, data.resolve_input_shapes(model, None))
-    remove = policy.select(channel_graph, scores, policy.PolicyConfig(flops_target=0.7, global_ranking=True), counted)
+    config = policy.PolicyConfig(flops_target=0.7, global_ranking=True, round_to=1)
+    remove = policy.select(channel_graph, scores, config, counted)
     kept = surgery.kept_channels(channel_graph, remove)
     surgery.run(graph, channel_graph, remove)
     return original, to_model(graph, model), kept, model

@@ -143,7 +143,8 @@ def _light_squeezenet() -> onnx.ModelProto:
 def test_light_squeezenet_with_constant_of_shape_weights_prunes(tmp_path):
     source, pruned, report = tmp_path / "squeezenet.onnx", tmp_path / "pruned.onnx", tmp_path / "r.json"
     onnx.save(_light_squeezenet(), source)
-    args = ["prune", str(source), str(pruned), "--criterion", "l1", "--ratio", "0.5", "--runs", "0", "-q"]
+    args = ["prune", str(source), str(pruned), "--criterion", "l1", "--ratio", "0.5", "--round-to", "1", "--runs",
+            "0", "-q"]
     assert main([*args, "--report", str(report)]) == 0
     onnx.checker.check_model(onnx.load(pruned), full_check=True)
     payload = json.loads(report.read_text())
@@ -157,7 +158,8 @@ def test_light_squeezenet_with_constant_of_shape_weights_prunes(tmp_path):
 def test_cnn_lstm_prune_says_which_parameters_no_group_can_cut(tmp_path, capsys):
     source, pruned, report = tmp_path / "ocr.onnx", tmp_path / "pruned.onnx", tmp_path / "r.json"
     onnx.save(_ocr_model(), source)
-    args = ["prune", str(source), str(pruned), "--ratio", "0.5", "--input-shape", OCR_INPUT, "--runs", "0"]
+    args = ["prune", str(source), str(pruned), "--ratio", "0.5", "--round-to", "1", "--input-shape", OCR_INPUT,
+            "--runs", "0"]
     assert main([*args, "--report", str(report)]) == 0
     onnx.checker.check_model(onnx.load(pruned), full_check=True)
     payload = json.loads(report.read_text())
