@@ -16,13 +16,13 @@ from collections.abc import Sequence
 import onnxruntime
 
 from onnxprune import __version__
-from onnxprune.cli import blocks, exact, prune, run, train
+from onnxprune.cli import blocks, exact, prune, run, sparsify, train
 from onnxprune.cli.options import flagged
 from onnxprune.core.errors import OnnxPruneError
 
 log = logging.getLogger("onnxprune")
 
-COMMAND_GROUPS = (exact, prune, train, blocks, run)
+COMMAND_GROUPS = (exact, prune, train, blocks, run, sparsify)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -56,6 +56,8 @@ def _training_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-eval", action="store_true",
                         help="skip the before/after accuracy on x_test with onnxruntime")
     parser.add_argument("--external-data", action="store_true", help="store weights in OUTPUT.data")
+    parser.add_argument("--keep-sparsity", action=argparse.BooleanOptionalAction, default=None,
+                        help="keep zero weights at zero (masked updates); default: in tensors at least 25 %% zero")
     common_options(parser, data_option=False)
 
 
@@ -124,7 +126,7 @@ def _config(args: argparse.Namespace, train: ModuleType, **extra):
         epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, optimizer=args.optimizer,
         momentum=args.momentum, weight_decay=args.weight_decay, augment=tuple(args.augment),
         seed=args.seed, device=args.device, checkpoint=args.checkpoint, resume=args.resume,
-        progress=not args.quiet, **extra,
+        progress=not args.quiet, keep_sparsity=args.keep_sparsity, **extra,
     )
 
 

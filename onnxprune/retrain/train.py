@@ -41,6 +41,7 @@ from tqdm import tqdm
 from onnxprune.core.errors import InputError, OptionError
 from onnxprune.retrain.evaluate import LabelledData, check_label_range
 from onnxprune.retrain.interpreter import OnnxModule
+from onnxprune.retrain.masks import WeightMasks
 from onnxprune.retrain.renorm import Unfolded, recalibrate, unfold_batchnorm
 from onnxprune.retrain.writeback import write_back
 
@@ -113,6 +114,7 @@ class TrainConfig:
     progress: bool = False
     unfold_batchnorm: bool = True  # train BN-less Convs (folded by prune/optimize) with a BatchNorm, refold after
     recalibrate_bn: bool = False  # re-measure every BN's running statistics after each epoch (re-inserted ones always)
+    keep_sparsity: bool | None = None  # zero weights stay zero (None: in tensors at least 25 % zero; retrain.masks)
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -265,6 +267,7 @@ class Trainer:
                 log.info("training with %d BatchNormalization(s) re-inserted after BN-less Convs, folded back after",
                          len(self.unfolded.plan))
         self.module = OnnxModule(self.unfolded.model if self.unfolded is not None else model).to(self.device)
+        self.masks = WeightMasks(self.module.onnx_parameters(), config.keep_sparsity)
         self.net: nn.Module = self.module
         if self.placement.world > 1:
             ids = [self.device.index] if self.device.type == "cuda" else None
@@ -339,6 +342,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
         self.optimizer.step()
+        self.masks.apply()
         self.scheduler.step()
         if self.config.sparsity is not None:
             self.config.sparsity.project(self.gammas)
