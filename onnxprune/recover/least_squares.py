@@ -234,7 +234,8 @@ class _Sweep:
         inputs = self.pruned_front.run(current, [layer.node.inputs[0].name for layer in stage], keep)
         targets = self.original_front.run(self.original, [layer.target for layer in stage], ahead)
         systems: dict[str, NormalEquations] = {}
-        for x_batch, y_batch in zip(inputs, targets):
+        # strict: both iterations must run to their end, or a Frontier keeps no cut and restarts from the inputs
+        for x_batch, y_batch in zip(inputs, targets, strict=True):
             for layer in stage:
                 x, y = _rows(layer.node, x_batch[layer.node.inputs[0].name], y_batch[layer.target], positions, rng)
                 y = layer.adjust(y)
