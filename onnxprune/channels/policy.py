@@ -25,7 +25,10 @@ Modes (``PolicyConfig``), exactly one of:
 
 Rounding: ``round_to`` N rounds each group's kept count up to a multiple of N (or to the whole
 group when that multiple would exceed it); 1 keeps exact counts. By default (``round_to`` None)
-groups of more than 8 channels keep multiples of 8; then, with ``latency_aware``, a group moves
+a group keeps multiples of 8, or of a smaller power of two for groups under 64 channels, so that
+one step is at most 1/8 of the group (16 channels: multiples of 2; 32: of 4): coarser steps would
+make a 16-channel group jump from 16 to 8 and a FLOPs target overshoot by far. Then, with
+``latency_aware``, a group moves
 to another count within a small window (5 % down, up by max(8, 10 %)) when the layer table times
 its layers more than 10 % faster there (the count nearest where it was, among those within 10 % of
 the fastest). A FLOPs/params target is re-checked with the rounded counts, lowering them further
@@ -64,7 +67,7 @@ ADAPTIVE = "adaptive"
 THRESHOLDS = (ADAPTIVE,)
 EPSILON = 1e-9  # ratio * n within this of an integer counts as that integer
 ALIGN = 8  # default rounding unit: onnxruntime's blocked convs want multiples of 8 (16 on AVX-512)
-SMALL = 8  # groups of at most this many channels keep exact counts by default
+STEPS = 8  # ... but a default rounding step is at most 1/STEPS of its group
 TIE = 0.1  # counts timed within this fraction of each other are equally fast (one-layer timings are noisy)
 REFINE_STEPS = 20  # tries at lowering a target's counts when latency rounding raised them above it
 
@@ -212,8 +215,16 @@ def _plan(group: ChannelGroup, score: np.ndarray, config: PolicyConfig, allowed:
     order = _keep_every_axis(group, ranked)
     limit = max(0, min(len(order), group.size - max(config.min_channels, 1)))
     normalised = score[order] / scale if scale > 0 else score[order]
-    round_to = config.round_to if config.round_to is not None else ALIGN if group.size > SMALL else 1
+    round_to = config.round_to if config.round_to is not None else default_unit(group.size)
     return _Plan(group, order, int(candidate.sum()) if allowed is None else len(order), limit, round_to, normalised)
+
+
+def default_unit(size: int) -> int:
+    """The rounding unit of a group of ``size`` channels: ALIGN, or the largest power of two within 1/STEPS of it."""
+    unit = ALIGN
+    while unit > 1 and unit * STEPS > size:
+        unit //= 2
+    return unit
 
 
 def _keep_every_axis(group: ChannelGroup, ranked: np.ndarray) -> np.ndarray:

@@ -12,7 +12,7 @@ from onnxprune.channels import importance
 from onnxprune.channels import surgery as prune_channels
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup, analyse
 from onnxprune.channels.costs import CostModel, channel_costs
-from onnxprune.channels.policy import PolicyConfig, adaptive_threshold, select
+from onnxprune.channels.policy import PolicyConfig, adaptive_threshold, default_unit, select
 from onnxprune.cli.options import flagged
 from onnxprune.core.errors import OptionError
 from onnxprune.core.model import to_graph, to_model
@@ -323,13 +323,31 @@ def test_rounding_takes_the_fastest_count_near_the_target(slow, kept):
                                       lowest(scores[group(channel_graph, i).id], 48 + 32 * i - kept[i]))
 
 
-def test_untimeable_layers_fall_back_to_multiples_of_8_for_groups_over_8():
-    channel_graph = analysed(network([44, 20, 6]))
-    scores = ranked(channel_graph, [0, 1, 2])
+@pytest.mark.parametrize(("size", "unit"), [(6, 1), (16, 2), (20, 2), (32, 4), (44, 4), (63, 4), (64, 8), (2048, 8)])
+def test_default_rounding_unit_is_at_most_an_eighth_of_the_group(size, unit):
+    assert default_unit(size) == unit
+
+
+def test_untimeable_layers_fall_back_to_the_default_units():
+    channel_graph = analysed(network([72, 44, 20, 6]))
+    scores = ranked(channel_graph, [0, 1, 2, 3])
     removed = select(channel_graph, scores, PolicyConfig(ratio=0.5), timer=FakeTable(untimeable=True))
-    assert kept_counts(channel_graph, removed, [0, 1, 2]) == [24, 16, 3]  # 22 -> 24, 10 -> 16; 6 channels: exact
+    # 36 -> 40 (multiples of 8), 22 -> 24 (of 4), 10 stays (of 2), 6 channels: exact
+    assert kept_counts(channel_graph, removed, [0, 1, 2, 3]) == [40, 24, 10, 3]
     unrounded = select(channel_graph, scores, PolicyConfig(ratio=0.5, round_to=1), timer=FakeTable(slow=3.0))
-    assert kept_counts(channel_graph, unrounded, [0, 1, 2]) == [22, 10, 3]
+    assert kept_counts(channel_graph, unrounded, [0, 1, 2, 3]) == [36, 22, 10, 3]
+
+
+def test_flops_target_on_small_groups_is_not_overshot():
+    """16-channel groups (CIFAR ResNets) rounded to multiples of 8 could only keep 16 or 8: a 0.7 target gave 0.55."""
+    model = network([16, 16, 16, 16])
+    channel_graph = analysed(model)
+    stats = model_stats(to_model(channel_graph.graph, model))
+    costs = CostModel(channel_graph, stats)
+    removed = select(channel_graph, ranked(channel_graph, [0, 1, 2, 3]), PolicyConfig(flops_target=0.7), stats,
+                     timer=FakeTable(untimeable=True))
+    macs, _ = costs.left(costs.removed(removed, channel_graph))
+    assert 0.55 * stats.macs < macs <= 0.7 * stats.macs  # four equal groups keep 12 of 16 (8 would be 0.3)
 
 
 def test_flops_target_holds_after_latency_rounding():
@@ -341,7 +359,7 @@ def test_flops_target_holds_after_latency_rounding():
     removed = select(channel_graph, scores, PolicyConfig(flops_target=0.4), stats, timer=FakeTable(slow=3.0))
     macs, _ = costs.left(costs.removed(removed, channel_graph))
     assert macs <= 0.4 * stats.macs
-    assert kept_counts(channel_graph, removed, [0, 1, 2]) == [24, 48, 32]  # multiples of 8 alone: [24, 48, 24]
+    assert kept_counts(channel_graph, removed, [0, 1, 2]) == [28, 48, 32]  # units 4, 8, 4; 32: faster than 28
 
 
 @pytest.mark.parametrize("target", [0.6, 0.3])
