@@ -2,7 +2,8 @@
 
 For ResNet-56/20 pruned to 70 % and 50 % of their FLOPs (L1 criterion, FLOPs-target policy), the rows
 are: plain L1, information fusion (`fuse`), BN re-calibration (`bn`), least-squares reconstruction
-(`lsq`), `bn+lsq`, and a 1- and a 5-epoch fine-tune of the best row without training. Calibration:
+(`lsq`), `bn+lsq`, the same pruning inside the residual blocks only (`... inner`: ``--keep-residual``,
+the stream's channels kept), and a 1- and a 5-epoch fine-tune of the best row without training. Calibration:
 1,000 CIFAR-10 training images (seeded); fine-tuning: 10,000 other training images; top-1: the full
 10,000-image test split with onnxruntime. Each row's result is cached in a JSON beside the output,
 so a rerun skips the rows already done. ``--compare`` adds BN kept vs folded for fine-tuning
@@ -45,7 +46,9 @@ OUTPUT = ROOT / "benchmarks" / "results" / "recovery.md"
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MODELS = ("resnet56_cifar10", "resnet20_cifar10")
 TARGETS = {"-30 %": 0.7, "-50 %": 0.5}
-RECOVERY = {"l1": (), "fuse": ("fuse",), "bn": ("bn",), "lsq": ("lsq",), "bn+lsq": ("bn", "lsq")}
+RECOVERY = {"l1": (), "fuse": ("fuse",), "bn": ("bn",), "lsq": ("lsq",), "bn+lsq": ("bn", "lsq"),
+            "l1 inner": (), "lsq inner": ("lsq",), "bn+lsq inner": ("bn", "lsq")}
+"""Rows without training: their recovery methods; "inner" rows prune inside the blocks only (``keep_residual``)."""
 FINETUNE = {"ft1": 1, "ft5": 5}
 SEED = 0
 CALIBRATION = 1000
@@ -89,9 +92,10 @@ class Cache:
         return self.rows[key]
 
 
-def prune(model: onnx.ModelProto, split: Split, fraction: float, recover: Sequence[str],
-          keep_bn: bool = False) -> onnx.ModelProto:
-    config = policy.PolicyConfig(flops_target=fraction)
+def prune(model: onnx.ModelProto, split: Split, fraction: float, method: str, keep_bn: bool = False
+          ) -> onnx.ModelProto:
+    config = policy.PolicyConfig(flops_target=fraction, keep_residual=method.endswith(" inner"))
+    recover = RECOVERY[method]
     return api.prune_model(model, "l1", config, recover=recover, calibration=split.feeds() if recover else None,
                            keep_bn=keep_bn, progress=True).model
 
@@ -135,11 +139,11 @@ class Benchmark:
     def _compute(self, target: str, method: str) -> dict[str, Any]:
         if method in RECOVERY:
             started = time.perf_counter()
-            return measured(self.model, prune(self.model, self.split, TARGETS[target], RECOVERY[method]),
+            return measured(self.model, prune(self.model, self.split, TARGETS[target], method),
                             self.split, started)
         base = self.best_without_training(target)
         started = time.perf_counter()
-        pruned = prune(self.model, self.split, TARGETS[target], RECOVERY[base])
+        pruned = prune(self.model, self.split, TARGETS[target], base)
         trained = finetune(pruned, self.split, FINETUNE[method]).model
         return {**measured(self.model, trained, self.split, started), "from": base}
 
@@ -148,7 +152,7 @@ class Benchmark:
         base = self.best_without_training(target)
 
         def run(keep_bn: bool) -> dict[str, Any]:
-            pruned = prune(self.model, self.split, TARGETS[target], RECOVERY[base], keep_bn=keep_bn)
+            pruned = prune(self.model, self.split, TARGETS[target], base, keep_bn=keep_bn)
             history = finetune(pruned, self.split, epochs, self.split.test, unfold_batchnorm=False).history
             return {"from": base, "top1": [epoch.val_top1 for epoch in history]}
 

@@ -38,7 +38,10 @@ Rules every mode obeys: only prunable channels with a finite score go; a group k
 ``max(min_channels, 1)`` channels, and every tensor axis of it keeps at least one position (a
 Concat input, one half of a Split); groups with a member whose name
 (a tensor, a node holding a parameter, a node reading or writing a member) matches an
-``exclude`` regex (``re.search``) are left whole. Impossible requests raise InputError.
+``exclude`` regex (``re.search``) are left whole; with ``keep_residual``, so are groups that an
+addition of two activations joins (a ResNet's residual stream: Li et al. prune only the inner
+layers of each block, which least-squares recovery can then rebuild). Impossible requests raise
+InputError.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import onnx_graphsurgeon as gs
 
 from onnxprune.channels.analysis import ChannelGraph, ChannelGroup
 from onnxprune.channels.costs import CostModel
@@ -80,8 +84,9 @@ class PolicyConfig:
     params_target: float | None = None
     threshold: str | None = None
     min_channels: int = 1
-    round_to: int | None = None  # None: multiples of 8 for large groups, then the fastest count near it
+    round_to: int | None = None  # None: multiples of 8 (smaller for small groups), then the fastest count near it
     exclude: Sequence[str] = ()
+    keep_residual: bool = False  # leave groups that a residual addition joins whole (PFEC on ResNets)
     bin_width: float = 0.01
     latency_aware: bool = True  # time layers (cached) to round each group to a fast count
     latency_target: float | None = None
@@ -108,7 +113,8 @@ def select(
     """
     validate(config)
     patterns = [re.compile(pattern) for pattern in config.exclude]
-    groups = [g for g in channel_graph.prunable if g.id in scores and not _excluded(channel_graph, g, patterns)]
+    groups = [g for g in channel_graph.prunable if g.id in scores and not _excluded(channel_graph, g, patterns)
+              and not (config.keep_residual and _residual(channel_graph, g))]
     latency = None
     if config.latency_target is not None or (config.round_to is None and config.latency_aware):
         latency = LatencyModel(channel_graph, groups, timer or LatencyTable(config.latency_threads))
@@ -263,6 +269,23 @@ def _excluded(channel_graph: ChannelGraph, group: ChannelGroup, patterns: list[r
     if hit is not None:
         log.info("group %d excluded by the exclude pattern %r", group.id, hit)
     return hit is not None
+
+
+RESIDUAL_OPS = frozenset({"Add", "Sum"})
+
+
+def _residual(channel_graph: ChannelGraph, group: ChannelGroup) -> bool:
+    """Whether an Add/Sum reads two or more of ``group``'s tensors that are not constants."""
+    tensors = channel_graph.graph.tensors()
+    names = {name for name, _ in group.members}
+    for name in names:
+        tensor = tensors.get(name)
+        for node in [] if tensor is None else tensor.outputs:
+            joined = [t for t in node.inputs if t.name in names and not isinstance(t, gs.Constant)]
+            if node.op in RESIDUAL_OPS and len({t.name for t in joined}) >= 2:
+                log.info("group %d left whole: residual addition %s", group.id, node.name)
+                return True
+    return False
 
 
 # --- modes ----------------------------------------------------------------------------------------

@@ -50,6 +50,8 @@ def _add_prune(commands) -> None:
                         help="round to multiples of 8 without timing layers (the table is cached per machine in "
                              "$ONNXPRUNE_CACHE_DIR or ~/.cache/onnxprune)")
     parser.add_argument("--exclude", type=names, default=[], help="comma-separated regexes of layers to keep whole")
+    parser.add_argument("--keep-residual", action="store_true",
+                        help="keep channels that residual additions join whole; prune inside the blocks (PFEC)")
     parser.add_argument("--fuse", action="store_true",
                         help="fuse removed channels into similar kept ones (APBM); the same as --recover fuse")
     parser.add_argument("--recover", type=names, default=[], metavar="M[,M]",
@@ -82,8 +84,8 @@ def _prune(args: argparse.Namespace) -> int:
     config = policy.PolicyConfig(
         ratio=args.ratio, global_ranking=args.global_ranking, flops_target=args.flops_target,
         params_target=args.params_target, threshold=args.threshold, min_channels=args.min_channels,
-        round_to=args.round_to, exclude=args.exclude, latency_aware=args.latency_aware,
-        latency_target=args.latency_target, latency_threads=args.threads,
+        round_to=args.round_to, exclude=args.exclude, keep_residual=args.keep_residual,
+        latency_aware=args.latency_aware, latency_target=args.latency_target, latency_threads=args.threads,
     )
     if args.layers:
         return _prune_layers_too(args, config)

@@ -389,3 +389,25 @@ def test_latency_target_options(config, message):
     with pytest.raises(OptionError) as error:
         select(channel_graph, ranked(channel_graph, [0, 1]), config, timer=FakeTable())
     assert re.search(message, flagged(error.value)) and "--" not in str(error.value)
+
+
+
+def test_keep_residual_prunes_only_inside_the_blocks():
+    """On the shipped ResNet-20 the option-A stream (one 64-channel group through every Add) stays whole."""
+    from pathlib import Path
+
+    import onnx
+
+    from onnxprune.api import prune_model
+
+    model = onnx.load(Path(__file__).resolve().parents[2] / "models" / "resnet20_cifar10.onnx")
+    added = {name for node in model.graph.node if node.op_type == "Add" for name in node.input}
+
+    def pruned_groups(**options):
+        pruned = prune_model(model, "l1", PolicyConfig(ratio=0.5, round_to=1, **options))
+        groups = {g.id: g for g in pruned.channel_graph.groups}
+        return {gid: any(name in added for name, _ in groups[gid].members) for gid in pruned.removed}
+
+    everything, inner = pruned_groups(), pruned_groups(keep_residual=True)
+    assert sum(everything.values()) == 1 and len(everything) == 10  # the stream and the 9 blocks' inner groups
+    assert not any(inner.values()) and len(inner) == 9
