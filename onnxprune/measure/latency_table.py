@@ -9,6 +9,12 @@ optimizations on (NCHWc blocking applies), at the caller's thread count, and the
 in a JSON file keyed by CPU model, onnxruntime version and thread count, so a later run times
 nothing. The minimum of a few runs after a warm-up is kept: on a shared machine interference only
 adds time, so the minimum is the steadiest estimate of the layer's own cost.
+
+Timing is bounded, so a huge model prunes in seconds, not hours: a layer of more than
+``MAX_MACS`` multiply-adds (or ``MAX_WEIGHT`` weights) is not timed (its one run alone would
+take longer than the rounding can save), and once a table has spent ``budget_s`` seconds timing,
+the shapes still missing are answered None (untimed, not cached). The policy keeps its plain
+rounding wherever the answer is None.
 """
 
 from __future__ import annotations
@@ -38,6 +44,9 @@ log = logging.getLogger(__name__)
 
 CACHE_ENV = "ONNXPRUNE_CACHE_DIR"
 OPSET = 17
+MAX_MACS = 2 * 10**9
+MAX_WEIGHT = 2**25  # elements (128 MiB of float32)
+BUDGET_SECONDS = 60.0
 RUN_ERRORS = (ort_state.Fail, ort_state.InvalidArgument, ort_state.NotImplemented, ort_state.RuntimeException)
 
 
@@ -52,6 +61,12 @@ class LayerShape:
     input: tuple[int, ...]
     weight: tuple[int, ...]
     attrs: tuple[tuple[str, tuple[int, ...] | int | str], ...] = ()
+
+    @property
+    def macs(self) -> int:
+        """Multiply-adds, bounded above (the output's spatial size taken as the input's)."""
+        spatial = int(np.prod(self.input[2:])) if self.op == "Conv" else int(self.input[0])
+        return int(np.prod(self.weight)) * spatial
 
     @property
     def key(self) -> str:
@@ -85,24 +100,34 @@ class LatencyTable:
     """A :class:`LayerTimer` backed by a per-machine JSON cache; ``timed`` counts the shapes it had to time."""
 
     def __init__(self, threads: int = 1, cache_dir: str | os.PathLike | None = None, runs: int = 5,
-                 warmup: int = 1) -> None:
-        self.threads, self.runs, self.warmup = threads, runs, warmup
+                 warmup: int = 1, budget_s: float = BUDGET_SECONDS) -> None:
+        self.threads, self.runs, self.warmup, self.budget_s = threads, runs, warmup, budget_s
+        self.spent = 0.0
         self.path = Path(cache_dir or default_cache_dir()) / f"latency-{machine_key(threads)}.json"
         self.entries: dict[str, float | None] = _read(self.path)
         self.timed = 0
 
     def __call__(self, shapes: Sequence[LayerShape]) -> list[float | None]:
         missing = list(dict.fromkeys(shape for shape in shapes if shape.key not in self.entries))
-        if missing:
-            start = time.perf_counter()
-            for shape in missing:
-                self.entries[shape.key] = self._time(shape)
-            self.timed += len(missing)
-            log.info("timed %d layer shapes in %.2f s", len(missing), time.perf_counter() - start)
-            self._save({shape.key: self.entries[shape.key] for shape in missing})
-        return [self.entries[shape.key] for shape in shapes]
+        start, new = time.perf_counter(), dict[str, float | None]()
+        for shape in missing:
+            if self.spent + time.perf_counter() - start > self.budget_s:
+                log.info("layer timing budget of %g s spent: %d shapes left untimed", self.budget_s,
+                         len(missing) - len(new))
+                break
+            new[shape.key] = self._time(shape)
+        if new:
+            self.spent += time.perf_counter() - start
+            self.entries.update(new)
+            self.timed += len(new)
+            log.info("timed %d layer shapes in %.2f s", len(new), time.perf_counter() - start)
+            self._save(new)
+        return [self.entries.get(shape.key) for shape in shapes]
 
     def _time(self, shape: LayerShape) -> float | None:
+        if shape.macs > MAX_MACS or np.prod(shape.weight) > MAX_WEIGHT:
+            log.info("not timing %s: too large to be worth it", shape.key)
+            return None
         feed = {"x": np.full(shape.input, 0.5, dtype=np.float32)}  # values do not change a conv's speed
         try:
             return _min_ms(session(shape.model(), threads=self.threads), feed, self.runs, self.warmup)

@@ -47,3 +47,12 @@ def test_cache_dir_comes_from_the_environment(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     assert default_cache_dir() == tmp_path / "xdg" / "onnxprune"
     assert machine_key(4).endswith("-t4") and "/" not in machine_key(1)
+
+
+def test_huge_layers_are_not_timed_and_the_budget_bounds_the_rest(tmp_path):
+    huge = LayerShape("Conv", (1, 4096, 64, 64), (4096, 4096, 3, 3), (("pads", (1, 1, 1, 1)),))
+    assert huge.macs > 10**11
+    table = LatencyTable(cache_dir=tmp_path, runs=1)
+    assert table([huge, GEMM])[0] is None and table.timed == 2  # answered at once: no 600 MiB weight built
+    spent = LatencyTable(cache_dir=tmp_path / "other", runs=1, budget_s=0.0)
+    assert spent([CONV, GEMM]) == [None, None] and spent.timed == 0 and not spent.path.exists()
