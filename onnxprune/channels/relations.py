@@ -101,7 +101,7 @@ class Relations:
 
 def _shape(tensor: gs.Tensor) -> tuple | None:
     if isinstance(tensor, gs.Constant):
-        return tuple(tensor.values.shape)
+        return tuple(tensor.shape)  # not .values.shape: that reads a lazy weight and keeps a copy on the graph
     value = constant_value(tensor)
     if value is not None:
         return tuple(value.shape)

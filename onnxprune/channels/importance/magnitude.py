@@ -55,8 +55,12 @@ class Slices:
         return self.full.shape[1]
 
 
-def role_slices(group: ChannelGroup, graph: gs.Graph, role: str) -> list[Slices]:
-    """Slices of every constant axis of ``group`` whose role is ``role``, in float64."""
+def role_slices(group: ChannelGroup, graph: gs.Graph, role: str, as_float64: bool = True) -> list[Slices]:
+    """Slices of every constant axis of ``group`` whose role is ``role``, in float64.
+
+    ``as_float64`` False keeps each weight's own float type: a criterion that reads it block by
+    block (:func:`row_norms`) then never holds a float64 copy of a whole large weight.
+    """
     nodes = {node.name: node for node in graph.nodes}
     found = []
     for dim in group.dims_with_role(role):
@@ -64,7 +68,7 @@ def role_slices(group: ChannelGroup, graph: gs.Graph, role: str) -> list[Slices]
         value = None if tensor is None else constant_value(tensor)
         if value is None or not np.issubdtype(np.asarray(value).dtype, np.floating):
             continue
-        value = np.asarray(value, dtype=np.float64)
+        value = np.asarray(value, dtype=np.float64) if as_float64 else np.asarray(value)
         where, owner = group.members[dim]
         filters = _filter_slices(nodes.get(group.roles[dim][0]), dim, value, where, owner) if role == ROLE_OUT else None
         if filters is not None:
@@ -100,13 +104,13 @@ def _filter_slices(node: gs.Node | None, dim: Dim, value: np.ndarray, where: np.
     return Slices(dim, layout.filter_rows(value), channels, holder[positions[channels]])
 
 
-def channel_weights(group: ChannelGroup, graph: gs.Graph) -> tuple[str, list[Slices]]:
+def channel_weights(group: ChannelGroup, graph: gs.Graph, as_float64: bool = True) -> tuple[str, list[Slices]]:
     """The slices that define a channel: filters, else consumer columns, else biases (see module doc)."""
-    outs = role_slices(group, graph, ROLE_OUT)
+    outs = role_slices(group, graph, ROLE_OUT, as_float64)
     filters = [s for s in outs if s.elements > 1]
     if filters:
         return "filters", filters
-    columns = role_slices(group, graph, ROLE_IN)
+    columns = role_slices(group, graph, ROLE_IN, as_float64)
     if columns:
         return "columns", columns
     return ("biases", outs) if outs else ("", [])
@@ -130,7 +134,7 @@ class Magnitude:
     needs_data = False
 
     def __call__(self, group: ChannelGroup, graph: gs.Graph) -> np.ndarray:
-        _, slices = channel_weights(group, graph)
+        _, slices = channel_weights(group, graph, as_float64=False)  # row_norms reads float64 blocks
         return per_channel(group, slices, lambda s: row_norms(s, self.p))
 
 
@@ -145,10 +149,12 @@ def row_norms(entry: Slices, p: float) -> np.ndarray:
     float64 arrays, gigabytes for the classifier of a large model. Rows are independent, so
     the blocks give the same numbers. When the rows are all of a C-contiguous weight, in order,
     a block is a view of it instead of a gathered copy: the same memory layout, the same sums.
+    Each block is summed in float64 whatever the weight's type.
     """
     step = max(1, NORM_BLOCK // max(entry.elements, 1))
     rows = len(entry.where)
     whole = entry.full.flags.c_contiguous and rows == len(entry.full) and bool((entry.where == np.arange(rows)).all())
-    parts = [np.linalg.norm(entry.full[i:i + step] if whole else entry.full[entry.where[i:i + step]], ord=p, axis=1)
+    parts = [np.linalg.norm(np.asarray(entry.full[i:i + step] if whole else entry.full[entry.where[i:i + step]],
+                                       dtype=np.float64), ord=p, axis=1)
              for i in range(0, rows, step)]
     return np.concatenate(parts) if parts else np.zeros(0)
