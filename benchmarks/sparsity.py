@@ -16,7 +16,8 @@ stored packed; and what each storage costs onnxruntime on LeNet-5 and ResNet-20.
    model) and on ResNet-20 (``--resnet-sparsity`` per layer, no fine-tuning): file size, whether
    onnx's full checker passes, session creation, latency, max |output - dense sparse model|.
 
-    python benchmarks/sparsity.py [--sparsities 0.955] [--rounds 3] [--epochs 2] [--final-epochs 10] [--out DIR]
+    python benchmarks/sparsity.py [--sparsities 0.955] [--rounds 3] [--epochs 2] [--final-epochs 10] [--distill]
+                                  [--out DIR]
 
 With ``--out DIR`` the fine-tuned models are kept there and a rerun reuses them. The settings
 were chosen on the test set (MNIST has no validation split here): read the accuracy as a
@@ -96,13 +97,14 @@ def session_ms(models: list[onnx.ModelProto]) -> list[float]:
     return [statistics.median(times) for times in sessions]
 
 
-def finetune(model: onnx.ModelProto, train: LabelledData, args: argparse.Namespace, epochs: int) -> onnx.ModelProto:
+def finetune(model: onnx.ModelProto, train: LabelledData, args: argparse.Namespace, epochs: int,
+             teacher: onnx.ModelProto | None) -> onnx.ModelProto:
     from onnxprune.retrain import TrainConfig
     from onnxprune.retrain import finetune as fit
 
     config = TrainConfig(epochs=epochs, lr=args.lr, batch_size=64, optimizer="adamw", weight_decay=0.0,
                          seed=args.seed, keep_sparsity=True)
-    result = fit(model, train, config)
+    result = fit(model, train, config, teacher=teacher)
     for epoch in result.history:
         log(f"      epoch {epoch.epoch}: loss {epoch.loss:.4f}, train top-1 {100 * epoch.accuracy:.2f} %, "
             f"{epoch.seconds:.1f} s")
@@ -113,6 +115,7 @@ def iterative(original: onnx.ModelProto, final: float, train: LabelledData,
               args: argparse.Namespace) -> onnx.ModelProto:
     """Prune to ``final`` in ``args.rounds`` geometric steps, masked fine-tuning after each."""
     tag = f"s{final:g}_r{args.rounds}_e{args.epochs}_f{args.final_epochs}_lr{args.lr:g}_seed{args.seed}"
+    tag += "_kd" if args.distill else ""
     path = args.out / f"lenet5_{tag}.onnx" if args.out else None
     if path is not None and path.is_file():
         log(f"  reusing {path}")
@@ -122,7 +125,8 @@ def iterative(original: onnx.ModelProto, final: float, train: LabelledData,
         step = 1 - (1 - final) ** (r / args.rounds)
         model = sparsify_model(model, Threshold(sparsity=step, global_scope=True), "dense").dense
         log(f"    round {r}: sparsity {step:.3f}, {masks.count(model).nonzero} nonzero")
-        model = finetune(model, train, args, args.final_epochs if r == args.rounds else args.epochs)
+        epochs = args.final_epochs if r == args.rounds else args.epochs
+        model = finetune(model, train, args, epochs, original if args.distill else None)
     if path is not None:
         model_io.save(model, path)
     return model
@@ -175,6 +179,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=2, help="epochs of masked fine-tuning per round")
     parser.add_argument("--final-epochs", type=int, default=10, help="epochs of the last round (at the final sparsity)")
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--distill", action="store_true", help="distil from the dense original while fine-tuning")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=300, help="timed runs at batch 1")
     parser.add_argument("--resnet-sparsity", type=float, default=0.9)
