@@ -399,7 +399,8 @@ def _target_counts(plans: dict[int, _Plan], config: PolicyConfig, costs: CostMod
 
     Latency rounding (``refine``) may keep more than the plain rounding the search used: then the
     search point moves on (a longer prefix, a larger ratio) until the refined counts meet the targets
-    too, or falls back to the plain counts.
+    too, or falls back to the plain counts. Rounding steps overshoot a target (a uniform ratio
+    moves every 16-channel group by 2 at once): the slack is then given back (:func:`_give_back`).
     """
     met = _Target(plans, config, costs)
     _check_reachable(config, costs, met.left({gid: plan.effective(plan.limit) for gid, plan in plans.items()}))
@@ -408,13 +409,33 @@ def _target_counts(plans: dict[int, _Plan], config: PolicyConfig, costs: CostMod
         prefix = ranking.smallest(met)
         step = max(1, len(ranking.owner) // 200)
         tries = (ranking.counts(min(prefix + i * step, len(ranking.owner))) for i in range(REFINE_STEPS))
-        return _first_met(tries, met, refine, ranking.counts(prefix))
+        return _give_back(plans, _first_met(tries, met, refine, ranking.counts(prefix)), met)
     low, high = 0.0, 1.0
     for _ in range(40):  # bisection on the ratio: counts only grow with it
         middle = (low + high) / 2
         low, high = (low, middle) if met(_uniform(plans, middle)) else (middle, high)
     tries = (_uniform(plans, min(high + i * 0.005, 1.0)) for i in range(REFINE_STEPS))
-    return _first_met(tries, met, refine, _uniform(plans, high))
+    return _give_back(plans, _first_met(tries, met, refine, _uniform(plans, high)), met)
+
+
+def _give_back(plans: dict[int, _Plan], counts: dict[int, int], met: _Target) -> dict[int, int]:
+    """``counts`` with removed channels restored, one rounding unit of one group at a time, while the targets hold.
+
+    The unit restored first is the one whose channels score highest (normalised): the most
+    important channels that rounding, not the target, had taken.
+    """
+    counts = dict(counts)
+    open_groups = {gid for gid, count in counts.items() if count > 0}
+    while open_groups:
+        gid = max(sorted(open_groups), key=functools.partial(_restored_worth, plans, counts))
+        trial = {**counts, gid: max(counts[gid] - plans[gid].round_to, 0)}
+        if met(trial):
+            counts = trial
+            if trial[gid] == 0:
+                open_groups.discard(gid)
+        else:
+            open_groups.discard(gid)
+    return counts
 
 
 def _first_met(tries: Iterable[dict[int, int]], met: _Target, refine: Refine, fallback: dict[int, int]
@@ -424,6 +445,12 @@ def _first_met(tries: Iterable[dict[int, int]], met: _Target, refine: Refine, fa
         if met(refined):
             return refined
     return fallback
+
+
+def _restored_worth(plans: dict[int, _Plan], counts: dict[int, int], gid: int) -> float:
+    """Mean normalised score of the channels that giving one unit back to group ``gid`` would restore."""
+    plan, count = plans[gid], counts[gid]
+    return float(plan.normalised[max(count - plan.round_to, 0):count].mean())
 
 
 # --- latency target (HALP) ----------------------------------------------------------------------

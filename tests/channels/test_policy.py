@@ -347,7 +347,7 @@ def test_flops_target_on_small_groups_is_not_overshot():
     removed = select(channel_graph, ranked(channel_graph, [0, 1, 2, 3]), PolicyConfig(flops_target=0.7), stats,
                      timer=FakeTable(untimeable=True))
     macs, _ = costs.left(costs.removed(removed, channel_graph))
-    assert 0.55 * stats.macs < macs <= 0.7 * stats.macs  # four equal groups keep 12 of 16 (8 would be 0.3)
+    assert 0.65 * stats.macs < macs <= 0.7 * stats.macs  # 8 would be 0.3; the slack is given back
 
 
 def test_flops_target_holds_after_latency_rounding():
