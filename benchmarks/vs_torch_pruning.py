@@ -18,8 +18,9 @@ prunes each dependency group by its own ranking and removes n - floor(n * (1 - r
 channels (at r = 0.5 the counts differ by one channel for odd n). Both score a channel by the L1
 norms of the group's filters; Torch-Pruning also adds the consumers' input columns and the BN
 scales (its group L1), which changes which channels go, not how many. What differs is the
-rounding: onnxprune by default keeps multiples of 8 in groups of more than 32 channels and then
-picks the fastest count near that from its layer latency table; Torch-Pruning keeps exact counts.
+rounding: onnxprune by default keeps multiples of 8 (of a smaller power of two in groups under 64
+channels, a step at most 1/8 of the group) and then picks the fastest count near that from its
+layer latency table; Torch-Pruning keeps exact counts.
 
     python benchmarks/vs_torch_pruning.py [--models densenet121,resnet56] [--rounds 5] [--threads 1,0]
     python benchmarks/vs_torch_pruning.py --per-layer densenet121
