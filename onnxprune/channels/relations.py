@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.graph import constant_value
+from onnxprune.core.graph import constant_shape
 
 Dim = tuple[str, int]
 
@@ -100,9 +100,8 @@ class Relations:
 
 
 def _shape(tensor: gs.Tensor) -> tuple | None:
-    if isinstance(tensor, gs.Constant):
-        return tuple(tensor.shape)  # not .values.shape: that reads a lazy weight and keeps a copy on the graph
-    value = constant_value(tensor)
-    if value is not None:
-        return tuple(value.shape)
+    """Not ``.values.shape``: that reads a lazy weight and keeps a loaded copy on the graph."""
+    shape = constant_shape(tensor)
+    if shape is not None:
+        return shape
     return None if tensor.shape is None else tuple(tensor.shape)

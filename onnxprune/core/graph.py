@@ -35,6 +35,16 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     return None
 
 
+def constant_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
+    """The shape of :func:`constant_value`'s value, without reading it (a lazy weight stays unread)."""
+    if isinstance(tensor, gs.Constant):
+        return tuple(tensor.shape)
+    node = producer(tensor)
+    if node is not None and node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
+        return tuple(node.attrs["value"].shape)
+    return None
+
+
 def _read(constant: gs.Constant) -> np.ndarray:
     if isinstance(constant._values, LazyValues):
         return onnx.numpy_helper.to_array(constant._values.tensor)

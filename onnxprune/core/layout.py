@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from onnxprune.core.graph import constant_value
+from onnxprune.core.graph import constant_shape
 
 Index = tuple[int | slice, ...]
 
@@ -78,17 +78,18 @@ class WeightLayout:
         return int(np.prod(self.shape)) // self.in_channels
 
     def output_positions(self, axis: int) -> np.ndarray | None:
-        """Per output channel, the one position along ``axis`` its filter lies at; None if it spans several."""
-        positions = []
-        for channel in range(self.out_channels):
-            index = self.output_slice(channel)[axis]
-            if isinstance(index, slice):
-                span = range(self.shape[axis])[index]
-                if len(span) != 1:
-                    return None
-                index = span[0]
-            positions.append(index)
-        return np.array(positions, dtype=np.int64)
+        """Per output channel, the one position along ``axis`` its filter lies at; None if it spans several.
+
+        :meth:`output_slice` for every channel at once: the output axis holds channel o (or its
+        index within its group); axis 0, when it is the input axis of a grouped weight, holds one
+        block per group; any other axis is spanned whole.
+        """
+        channels = np.arange(self.out_channels, dtype=np.int64)
+        if axis == self.out_axis:
+            return channels if self.lists_every_channel(axis) else channels % self.out_per_group
+        if axis == 0 == self.in_axis and self.groups > 1:
+            return channels // self.out_per_group if self._per_group(0) == 1 else None
+        return np.zeros(self.out_channels, dtype=np.int64) if self.shape[axis] == 1 else None
 
     def filter_inputs(self) -> np.ndarray:
         """``[out, in / g]``: the input channel that column j of output channel o's filter reads."""
@@ -152,11 +153,11 @@ def layout_of_filters(op: str, filters_shape: Sequence[int], group: int = 1,
 
 def weight_layout(node: gs.Node) -> WeightLayout | None:
     """The layout of ``node``'s constant weight (input 1); None without one or for another op."""
-    weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-    if weight is None:
+    shape = constant_shape(node.inputs[1]) if len(node.inputs) > 1 else None
+    if shape is None:
         return None
     group, trans_b = int(node.attrs.get("group", 1)), bool(node.attrs.get("transB", 0))
-    return layout_of(node.op, weight.shape, group, trans_b)
+    return layout_of(node.op, shape, group, trans_b)
 
 
 def _axes(op: str, ndim: int, trans_b: bool) -> tuple[int, int] | None:

@@ -132,3 +132,17 @@ def test_grouped_conv_transpose_counts():
 ])
 def test_impossible_layouts_are_none(op, shape, group):
     assert layout_of(op, shape, group) is None
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_output_positions_agree_with_each_channels_slice(name):
+    """The vectorised positions are what indexing each filter by ``output_slice`` touches."""
+    _, _, layout, _, _ = case(name)
+    for axis in range(len(layout.shape)):
+        spans = []
+        for channel in range(layout.out_channels):
+            index = layout.output_slice(channel)[axis]
+            spans.append([index] if isinstance(index, int) else list(range(layout.shape[axis])[index]))
+        expected = [span[0] for span in spans] if all(len(span) == 1 for span in spans) else None
+        positions = layout.output_positions(axis)
+        assert (positions if positions is None else positions.tolist()) == expected, axis
