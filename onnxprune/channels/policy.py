@@ -121,16 +121,13 @@ def select(
     predicted = None
     if config.threshold == ADAPTIVE:
         counts, plans = _threshold_counts(channel_graph, groups, scores, config)
+        counts = _refiner(plans, latency, config)(counts)
     else:
         plans = {g.id: _plan(g, scores[g.id], config) for g in groups}
-        counts = {}
-    refine = functools.partial(_fastest, plans, latency) if latency and config.round_to is None else _same
-    if config.latency_target is not None and latency is not None:
-        counts, predicted = _latency_counts(plans, config.latency_target, latency)
-    elif config.threshold == ADAPTIVE:
-        counts = refine(counts)
-    else:
-        counts = _counts(channel_graph, plans, config, cost_model, refine)
+        if config.latency_target is not None and latency is not None:
+            counts, predicted = _latency_counts(plans, config.latency_target, latency)
+        else:
+            counts = _counts(channel_graph, plans, config, cost_model, _refiner(plans, latency, config))
     selection = Selection({gid: np.sort(plans[gid].order[:k]) for gid, k in counts.items() if k > 0})
     selection.predicted_latency = predicted
     return selection
@@ -305,6 +302,11 @@ def _counts(channel_graph: ChannelGraph, plans: dict[int, _Plan], config: Policy
         ranking = _GlobalRanking(plans)
         return refine(ranking.counts(ranking.smallest(functools.partial(_removes_at_least, wanted))))
     return refine(_uniform(plans, config.ratio))
+
+
+def _refiner(plans: dict[int, _Plan], latency: LatencyModel | None, config: PolicyConfig) -> Refine:
+    """Latency rounding of removal counts; the identity with an explicit ``round_to`` or without a table."""
+    return functools.partial(_fastest, plans, latency) if latency is not None and config.round_to is None else _same
 
 
 def _same(counts: dict[int, int]) -> dict[int, int]:

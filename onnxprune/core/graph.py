@@ -27,21 +27,23 @@ def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
     A lazy initializer (one not yet read from its model) is read but stays lazy: caching it on the
     graph would keep a second copy of the weights beside the model's. Its value is then read-only.
     """
-    if isinstance(tensor, gs.Constant):
-        return _read(tensor)
-    node = producer(tensor)
-    if node is not None and node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
-        return _read(node.attrs["value"])
-    return None
+    constant = _constant_of(tensor)
+    return None if constant is None else _read(constant)
 
 
 def constant_shape(tensor: gs.Tensor) -> tuple[int, ...] | None:
     """The shape of :func:`constant_value`'s value, without reading it (a lazy weight stays unread)."""
+    constant = _constant_of(tensor)
+    return None if constant is None else tuple(constant.shape)
+
+
+def _constant_of(tensor: gs.Tensor) -> gs.Constant | None:
+    """The constant holding ``tensor``'s value: itself, or the value of the Constant node writing it."""
     if isinstance(tensor, gs.Constant):
-        return tuple(tensor.shape)
+        return tensor
     node = producer(tensor)
     if node is not None and node.op == "Constant" and isinstance(node.attrs.get("value"), gs.Constant):
-        return tuple(node.attrs["value"].shape)
+        return node.attrs["value"]
     return None
 
 
