@@ -24,7 +24,10 @@ Modes (``PolicyConfig``), exactly one of:
   :mod:`onnxprune.channels.latency_model`) is at most F of the unpruned model's.
 
 Rounding: ``round_to`` N rounds each group's kept count up to a multiple of N (or to the whole
-group when that multiple would exceed it); 1 keeps exact counts. By default (``round_to`` None)
+group when that multiple would exceed it); 1 keeps exact counts. A concat-bound group (a dense
+block, an Inception module's output) is rounded per slice instead: each producer's channels keep a
+multiple of N (default 8) when every slice has at least 2N, and whole blocks of N go, lowest mean
+score first. By default (``round_to`` None)
 a group keeps multiples of 8, or of a smaller power of two for groups under 64 channels, so that
 one step is at most 1/8 of the group (16 channels: multiples of 2; 32: of 4): coarser steps would
 make a 16-channel group jump from 16 to 8 and a FLOPs target overshoot by far. Then, with
@@ -188,23 +191,28 @@ def _validate_latency_target(config: PolicyConfig) -> None:
 
 @dataclass
 class _Plan:
-    """A group's removable channels, least important first; every prefix is a legal removal."""
+    """A group's removable channels, least important first; the legal removals are the prefixes of ``steps``."""
 
     group: ChannelGroup
     order: np.ndarray
     scorable: int  # prunable channels with a finite score: the base of a ratio
     limit: int  # most channels the floors let go
-    round_to: int
+    steps: np.ndarray  # removal counts rounding allows, ascending from 0, none above ``limit``
+    aligned: np.ndarray  # kept counts latency rounding may move the group to
     normalised: np.ndarray  # scores of ``order`` divided by the group's mean |score|
 
     def effective(self, wanted: int) -> int:
         """Channels removed when ``wanted`` are asked for: capped by the floors, kept count rounded up."""
-        count = min(int(wanted), self.limit)
-        if self.round_to > 1 and count > 0:
-            size = self.group.size
-            kept = min(-(-(size - count) // self.round_to) * self.round_to, size)
-            count = size - kept
-        return count
+        return int(self.steps[np.searchsorted(self.steps, min(int(wanted), self.limit), side="right") - 1])
+
+    def previous(self, count: int) -> int:
+        """The legal removal one step below ``count`` (0 at the bottom)."""
+        return int(self.steps[max(int(np.searchsorted(self.steps, count)) - 1, 0)])
+
+    def following(self, count: int) -> int:
+        """The legal removal one step above ``count``; ``count`` when no more can go."""
+        index = int(np.searchsorted(self.steps, count, side="right"))
+        return int(self.steps[index]) if index < len(self.steps) else count
 
 
 def _plan(group: ChannelGroup, score: np.ndarray, config: PolicyConfig, allowed: np.ndarray | None = None) -> _Plan:
@@ -215,11 +223,20 @@ def _plan(group: ChannelGroup, score: np.ndarray, config: PolicyConfig, allowed:
         candidate &= allowed
     ranked = np.nonzero(candidate)[0]
     ranked = ranked[np.argsort(score[ranked], kind="stable")]
-    order = _keep_every_axis(group, ranked)
-    limit = max(0, min(len(order), group.size - max(config.min_channels, 1)))
+    size, unit = group.size, config.round_to or ALIGN
+    slices = _slices(group)
+    if unit > 1 and len(slices) > 1 and min(len(part) for part in slices) >= 2 * unit:
+        order, steps = _sliced_order(ranked, slices, unit, score)
+        aligned = size - steps
+    else:
+        order = _keep_every_axis(group, ranked)
+        unit = config.round_to if config.round_to is not None else default_unit(size)
+        steps = size - np.array([*_multiples_below(size, unit), size])
+        aligned = np.array([*range(ALIGN, size, ALIGN), size])
+    limit = max(0, min(len(order), size - max(config.min_channels, 1)))
     normalised = score[order] / scale if scale > 0 else score[order]
-    round_to = config.round_to if config.round_to is not None else default_unit(group.size)
-    return _Plan(group, order, int(candidate.sum()) if allowed is None else len(order), limit, round_to, normalised)
+    return _Plan(group, order, int(candidate.sum()) if allowed is None else len(order), limit,
+                 np.unique(steps[steps <= limit]), aligned, normalised)
 
 
 def default_unit(size: int) -> int:
@@ -230,19 +247,63 @@ def default_unit(size: int) -> int:
     return unit
 
 
+def _multiples_below(size: int, unit: int) -> range:
+    """The positive multiples of ``unit`` below ``size``, largest first: the kept counts rounding allows."""
+    return range((size - 1) // unit * unit, 0, -unit)
+
+
+def _partial_axes(group: ChannelGroup) -> list[np.ndarray]:
+    """Per axis that holds only some of the group's channels (a Concat input, a Split output), a mask of those."""
+    masks = []
+    for _, owner in group.members.values():
+        member = np.zeros(group.size, dtype=bool)
+        member[owner] = True
+        if not member.all():
+            masks.append(member)
+    return masks
+
+
+def _slices(group: ChannelGroup) -> list[np.ndarray]:
+    """The group's channels split by the partial axes holding them (a dense block's growth convs, a concat's inputs)."""
+    masks = _partial_axes(group)
+    if not masks:
+        return [np.arange(group.size)]
+    _, labels = np.unique(np.stack(masks, axis=1), axis=0, return_inverse=True)
+    labels = labels.reshape(-1)
+    return sorted((np.nonzero(labels == label)[0] for label in np.unique(labels)), key=lambda part: part[0])
+
+
+def _sliced_order(ranked: np.ndarray, slices: list[np.ndarray], unit: int, score: np.ndarray
+                  ) -> tuple[np.ndarray, np.ndarray]:
+    """Removal order and legal removal counts of a concat-bound group, every slice kept at a multiple of ``unit``.
+
+    Rounding only the group's total leaves its producers (a dense block's stem and growth convs,
+    an Inception module's branches) at unaligned counts, which onnxruntime runs outside its blocked
+    NCHWc kernels with reorders around them. Here each slice loses whole blocks (its lowest-ranked
+    channels first, keeping at least ``unit``), and blocks of all slices go in order of mean score.
+    """
+    slice_of = np.empty(int(max(part.max() for part in slices)) + 1, dtype=np.int64)
+    for index, part in enumerate(slices):
+        slice_of[part] = index
+    blocks: list[tuple[float, int, int, np.ndarray]] = []
+    for index, part in enumerate(slices):
+        mine = ranked[slice_of[ranked] == index]
+        size = len(part)
+        cuts = [0, *(size - kept for kept in _multiples_below(size, unit))]
+        cuts = [cut for cut in cuts if cut <= len(mine)]
+        for position, (start, stop) in enumerate(zip(cuts, cuts[1:])):
+            blocks.append((float(score[mine[start:stop]].mean()), index, position, mine[start:stop]))
+    blocks.sort(key=lambda block: block[:3])
+    order = np.concatenate([block[3] for block in blocks]) if blocks else np.zeros(0, dtype=np.int64)
+    return order, np.cumsum([0, *(len(block[3]) for block in blocks)])
+
+
 def _keep_every_axis(group: ChannelGroup, ranked: np.ndarray) -> np.ndarray:
     """Drop from ``ranked`` the channels that would be the last of some axis holding only part of the group."""
-    left: list[int] = []  # channels still held, per axis that holds only some of the group's channels
-    members: list[np.ndarray] = []
-    for _, owner in group.members.values():
-        channels = np.unique(owner)
-        if len(channels) < group.size:
-            member = np.zeros(group.size, dtype=bool)
-            member[channels] = True
-            left.append(len(channels))
-            members.append(member)
+    members = _partial_axes(group)
     if not members:
         return ranked
+    left = [int(member.sum()) for member in members]  # channels still held, per partial axis
     order = []
     for channel in ranked:
         axes = [index for index, member in enumerate(members) if member[channel]]
@@ -333,8 +394,8 @@ def _window(plan: _Plan, kept: int) -> list[int]:
     """``kept`` first, then the multiples of 8 (and the whole group) from 5 % below to max(8, 10 %) above it."""
     size = plan.group.size
     low, high = max(kept - kept // 20, size - plan.limit), min(kept + max(ALIGN, math.ceil(kept / 10)), size)
-    aligned = range(-(-low // ALIGN) * ALIGN, high + 1, ALIGN)
-    return [kept, *sorted({count for count in [*aligned, size] if low <= count <= high and count not in (0, kept)})]
+    near = plan.aligned[(plan.aligned >= low) & (plan.aligned <= high)]
+    return [kept, *sorted({int(count) for count in near} - {0, kept})]
 
 
 def _uniform(plans: dict[int, _Plan], ratio: float) -> dict[int, int]:
@@ -430,7 +491,7 @@ def _give_back(plans: dict[int, _Plan], counts: dict[int, int], met: _Target) ->
     open_groups = {gid for gid, count in counts.items() if count > 0}
     while open_groups:
         gid = max(sorted(open_groups), key=functools.partial(_restored_worth, plans, counts))
-        trial = {**counts, gid: max(counts[gid] - plans[gid].round_to, 0)}
+        trial = {**counts, gid: plans[gid].previous(counts[gid])}
         if met(trial):
             counts = trial
             if trial[gid] == 0:
@@ -452,7 +513,7 @@ def _first_met(tries: Iterable[dict[int, int]], met: _Target, refine: Refine, fa
 def _restored_worth(plans: dict[int, _Plan], counts: dict[int, int], gid: int) -> float:
     """Mean normalised score of the channels that giving one unit back to group ``gid`` would restore."""
     plan, count = plans[gid], counts[gid]
-    return float(plan.normalised[max(count - plan.round_to, 0):count].mean())
+    return float(plan.normalised[plan.previous(count):count].mean())
 
 
 # --- latency target (HALP) ----------------------------------------------------------------------
@@ -479,10 +540,10 @@ def _latency_counts(plans: dict[int, _Plan], target: float, latency: LatencyMode
 
 
 def _grid(plan: _Plan) -> list[int]:
-    """Kept counts to time for interpolation: eighths of the group in rounding units, the floor and the whole."""
-    size, unit = plan.group.size, plan.round_to
-    counts = {max(unit, round(size * j / 8 / unit) * unit) for j in range(1, 8)}
-    return sorted(count for count in {*counts, size, size - plan.limit} if size - plan.limit <= count <= size)
+    """Kept counts to time for interpolation: the legal ones nearest each eighth of the group, the floor, the whole."""
+    size, legal = plan.group.size, plan.group.size - plan.steps
+    counts = {int(legal[np.abs(legal - size * j / 8).argmin()]) for j in range(1, 8)}
+    return sorted({*counts, size, int(legal.min())})
 
 
 class _Greedy:
@@ -503,8 +564,8 @@ class _Greedy:
 
     def _next(self, gid: int) -> int:
         """Kept count after the next block of ``gid`` goes (the current count when nothing more can go)."""
-        plan, kept = self.plans[gid], self.kept[gid]
-        return max((kept - 1) // plan.round_to * plan.round_to, plan.group.size - plan.limit, 0)
+        plan = self.plans[gid]
+        return plan.group.size - plan.following(self.removed[gid])
 
     def _saving(self, gid: int, kept: int) -> float:
         trial = {**self.kept, gid: kept}

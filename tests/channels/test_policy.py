@@ -411,3 +411,41 @@ def test_keep_residual_prunes_only_inside_the_blocks():
     everything, inner = pruned_groups(), pruned_groups(keep_residual=True)
     assert sum(everything.values()) == 1 and len(everything) == 10  # the stream and the 9 blocks' inner groups
     assert not any(inner.values()) and len(inner) == 9
+
+
+def dense_block(growth=32):
+    """conv0 -> conv1 -> concat -> conv2 -> concat -> head: one 3 x ``growth`` channel group, a slice per conv."""
+    rng = np.random.default_rng(0)
+    shapes = {"conv0.w": (growth, 3, 3, 3), "conv1.w": (growth, growth, 3, 3), "conv2.w": (growth, 2 * growth, 3, 3),
+              "head.w": (3, 3 * growth, 1, 1)}
+    inits = {name: rng.standard_normal(shape).astype(np.float32) for name, shape in shapes.items()}
+
+    def conv(name, source, out):
+        kernel = shapes[f"{name}.w"][2]
+        return helper.make_node("Conv", [source, f"{name}.w"], [out], name=name, kernel_shape=[kernel] * 2,
+                                pads=[kernel // 2] * 4)
+
+    nodes = [conv("conv0", "x", "c0"), conv("conv1", "c0", "c1"),
+             helper.make_node("Concat", ["c0", "c1"], ["cat1"], axis=1), conv("conv2", "cat1", "c2"),
+             helper.make_node("Concat", ["cat1", "c2"], ["cat2"], axis=1), conv("head", "cat2", "y")]
+    return make_model(nodes, [tensor("x", [1, 3, 8, 8])], [tensor("y", [None] * 4)], inits)
+
+
+def slice_kept(removed: np.ndarray, growth=32) -> list[int]:
+    return [growth - int(((removed >= growth * k) & (removed < growth * (k + 1))).sum()) for k in range(3)]
+
+
+def test_concat_bound_group_keeps_every_slice_aligned():
+    """DenseNet: rounding only the group total left growth convs at 17-31 channels, off onnxruntime's NCHWc blocks."""
+    channel_graph = analysed(dense_block())
+    (only,) = channel_graph.prunable
+    by_index = {only.id: np.arange(96, dtype=float)}  # conv0's slice is the least important, then conv1's
+    removed = select(channel_graph, by_index, PolicyConfig(ratio=0.5), timer=FakeTable(untimeable=True))[only.id]
+    assert slice_kept(removed) == [8, 8, 32]  # whole blocks of 8, lowest mean score first; a slice keeps one block
+    exact_counts = select(channel_graph, by_index, exact(ratio=0.5), timer=FakeTable(untimeable=True))[only.id]
+    assert slice_kept(exact_counts) == [1, 15, 32]  # the group-wide ranking (--round-to 1): 31 + 17 removed
+    for seed in range(5):
+        scores = {only.id: np.random.default_rng(seed).random(96)}
+        kept = slice_kept(select(channel_graph, scores, PolicyConfig(ratio=0.5), timer=FakeTable(untimeable=True))
+                          [only.id])
+        assert sum(kept) == 48 and all(count % 8 == 0 and count >= 8 for count in kept)
