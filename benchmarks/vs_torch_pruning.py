@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import math
 import os
@@ -68,6 +69,9 @@ RATIO = 0.5
 CIFAR_WEIGHTS = ROOT.parent / "shared" / "models" / "resnet56_cifar10.npz"
 MODELS = [*imagenet.IMAGENET_MODELS, "resnet56"]
 ORIGINAL, TORCH_PRUNING, ONNXPRUNE, ONNXSIM = "original", "torch-pruning", "onnxprune", "onnxsim"
+ONNXPRUNE_LATENCY = "onnxprune-latency"  # prune_model(model, "l1", PolicyConfig(latency_target=LATENCY_TARGET))
+LATENCY_TARGET = 0.4  # about the latency Torch-Pruning's ratio 0.5 keeps on the mobile networks
+FIDELITY_SAMPLES = 16  # random inputs the pruned outputs are compared with the original's on
 CONV_OPS = {"Conv", "FusedConv", "NhwcFusedConv"}
 
 
@@ -154,6 +158,10 @@ def _onnxprune(model: onnx.ModelProto) -> onnx.ModelProto:
     return api.prune_model(model, "l1", policy.PolicyConfig(ratio=RATIO)).model
 
 
+def _onnxprune_latency(model: onnx.ModelProto, target: float) -> onnx.ModelProto:
+    return api.prune_model(model, "l1", policy.PolicyConfig(latency_target=target)).model
+
+
 def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
     """onnxsim's chain pruning wants BN already fused: fold with onnxprune's exact passes first."""
     from onnxsim import pruning
@@ -161,7 +169,7 @@ def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
     return pruning.apply_structured_pruning(pipeline.optimize(model).model, sparsity=RATIO, importance_norm="l1")
 
 
-def variants(name: str, tools: Sequence[str]) -> list[Variant]:
+def variants(name: str, tools: Sequence[str], latency_target: float = LATENCY_TARGET) -> list[Variant]:
     """Original, then the pruned variants named in ``tools``; exports are cached in CACHE."""
     CACHE.mkdir(parents=True, exist_ok=True)
     model, shape = torch_model(name)
@@ -171,6 +179,9 @@ def variants(name: str, tools: Sequence[str]) -> list[Variant]:
         TORCH_PRUNING: lambda: _cached_export(CACHE / f"{name}.tp.onnx", lambda: torch_pruning(model, shape), shape),
         ONNXPRUNE: lambda: _onnx_pruned(CACHE / f"{name}.onnxprune.onnx", _onnxprune, ONNXPRUNE),
         ONNXSIM: lambda: _onnx_pruned(CACHE / f"{name}.onnxsim.onnx", _onnxsim, ONNXSIM),
+        ONNXPRUNE_LATENCY: lambda: _onnx_pruned(
+            CACHE / f"{name}.{ONNXPRUNE_LATENCY}.onnx", functools.partial(_onnxprune_latency, target=latency_target),
+            ONNXPRUNE_LATENCY),
     }
     for tool in tools:
         variant = builders[tool]()
@@ -208,6 +219,22 @@ def counts(path: Path, shape: Sequence[int]) -> Counts:
     return Counts(model_stats.macs, model_stats.params, model_stats.op_histogram, convs)
 
 
+def agreement(original: Path, pruned: Path, shape: Sequence[int]) -> float:
+    """Fraction of FIDELITY_SAMPLES random inputs on which the pruned model's top-1 class is the original's.
+
+    The zoo's weights are random (no ImageNet here), so this is fidelity to the unpruned network,
+    not accuracy: it compares which tool's choice of channels disturbs the function less.
+    """
+    rng = np.random.default_rng(1)
+    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (original, pruned)]
+    same = 0
+    for _ in range(FIDELITY_SAMPLES):
+        feed = {"input": rng.standard_normal(tuple(shape), dtype=np.float32)}
+        first, second = (session.run(None, feed)[0] for session in sessions)
+        same += int(first.argmax() == second.argmax())
+    return same / FIDELITY_SAMPLES
+
+
 # --- latency -------------------------------------------------------------------------------------
 
 
@@ -241,6 +268,7 @@ class Row:
     latency: dict[int, float] = field(default_factory=dict)  # threads -> after / before
     spread: dict[int, float] = field(default_factory=dict)
     misaligned: str = ""
+    agreement: float = math.nan  # top-1 agreement with the original on random inputs
     seconds: float = 0.0
     error: str = ""
 
@@ -248,13 +276,15 @@ class Row:
         return self.macs / self.latency[threads] if threads in self.latency else math.nan
 
 
-def compare(name: str, tools: Sequence[str], threads: Sequence[int], rounds: int, runs: int) -> list[Row]:
-    found = variants(name, tools)
+def compare(name: str, tools: Sequence[str], threads: Sequence[int], rounds: int, runs: int,
+            latency_target: float = LATENCY_TARGET) -> list[Row]:
+    found = variants(name, tools, latency_target)
     shape = input_shape(name)
     ok = [v for v in found if v.path is not None]
     measured = {v.label: counts(v.path, shape) for v in ok if v.path is not None}
     base = measured[ORIGINAL]
-    timings = {t: interleaved([v.path for v in ok if v.path is not None], shape, t, rounds, runs) for t in threads}
+    paths = [v.path for v in ok if v.path is not None]
+    timings = {t: interleaved(paths, shape, t, rounds, runs) for t in threads}
     rows = []
     for variant in found:
         row = Row(name, variant.label, seconds=variant.seconds, error=variant.error)
@@ -262,6 +292,7 @@ def compare(name: str, tools: Sequence[str], threads: Sequence[int], rounds: int
             c = measured[variant.label]
             row.macs, row.params = c.macs / base.macs, c.params / base.params
             row.misaligned = f"{c.misaligned(8)}/{c.misaligned(16)}/{len(c.convs)}"
+            row.agreement = agreement(paths[0], variant.path, shape) if variant.path is not None else math.nan
             index = [v.label for v in ok].index(variant.label)
             for t, timing in timings.items():
                 row.latency[t] = timing[index].median_ms / timings[t][0].median_ms
@@ -273,7 +304,7 @@ def compare(name: str, tools: Sequence[str], threads: Sequence[int], rounds: int
 def markdown(rows: Sequence[Row], threads: Sequence[int]) -> str:
     names = {t: f"{t} thr" if t else "all thr" for t in threads}
     head = ["model", "tool", "MACs", "params", *(f"latency {names[t]}" for t in threads),
-            *(f"realized {names[t]}" for t in threads), "convs off 8/16/all", "prune s"]
+            *(f"realized {names[t]}" for t in threads), "top-1 agree", "convs off 8/16/all", "prune s"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         if r.error:
@@ -283,7 +314,8 @@ def markdown(rows: Sequence[Row], threads: Sequence[int]) -> str:
         else:
             cells = [r.model, r.tool, f"{r.macs:.3f}", f"{r.params:.3f}",
                      *(f"{r.latency[t]:.3f} (×{r.spread[t]:.2f})" for t in threads),
-                     *(f"{r.realized(t):.2f}" for t in threads), r.misaligned, f"{r.seconds:.1f}"]
+                     *(f"{r.realized(t):.2f}" for t in threads), f"{r.agreement:.2f}", r.misaligned,
+                     f"{r.seconds:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -302,6 +334,25 @@ def geomean_lines(rows: Sequence[Row], threads: Sequence[int]) -> list[str]:
                  for tool in tools if all(tool in done[m] for m in common) and common}
         text = ", ".join(f"{tool} {value:.2f}" for tool, value in means.items())
         lines.append(f"realized geomean at {t or 'all'} thread(s) over {len(common)} models: {text}")
+    return lines
+
+
+def equal_latency_lines(rows: Sequence[Row], threads: int, target: float) -> list[str]:
+    """Per model: onnxprune's latency target against Torch-Pruning's uniform ratio, latency and fidelity."""
+    by_model: dict[str, dict[str, Row]] = defaultdict(dict)
+    for r in rows:
+        if not r.error:
+            by_model[r.model][r.tool] = r
+    lines = []
+    for model, tools in by_model.items():
+        ours, theirs = tools.get(ONNXPRUNE_LATENCY), tools.get(TORCH_PRUNING)
+        if ours is None or theirs is None or threads not in ours.latency:
+            continue
+        faster = ours.latency[threads] <= theirs.latency[threads]
+        truer = ours.agreement >= theirs.agreement
+        lines.append(f"{model}: latency-target {target} keeps {ours.latency[threads]:.3f} of the latency "
+                     f"(Torch-Pruning {theirs.latency[threads]:.3f}), top-1 agreement {ours.agreement:.2f} "
+                     f"(Torch-Pruning {theirs.agreement:.2f}): {'met' if faster and truer else 'NOT met'}")
     return lines
 
 
@@ -441,6 +492,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,0", help="comma-separated intra-op thread counts; 0: all cores")
     parser.add_argument("--per-layer", metavar="MODEL", help="profile one model node by node instead")
     parser.add_argument("--json", type=Path, help="also write the rows here")
+    parser.add_argument("--latency-target", type=float, default=LATENCY_TARGET,
+                        help=f"of the {ONNXPRUNE_LATENCY} tool (default {LATENCY_TARGET})")
     parser.add_argument("--top", type=int, default=15, help="worst nodes listed by --per-layer")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
@@ -450,10 +503,10 @@ def main() -> None:
     tools = args.tools.split(",")
     rows = []
     for name in args.models.split(","):
-        rows += compare(name, tools, threads, args.rounds, args.runs)
+        rows += compare(name, tools, threads, args.rounds, args.runs, args.latency_target)
         print(markdown([r for r in rows if r.model == name], threads), flush=True)
     print(markdown(rows, threads))
-    print("\n".join(geomean_lines(rows, threads)))
+    print("\n".join(geomean_lines(rows, threads) + equal_latency_lines(rows, threads[0], args.latency_target)))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
 
