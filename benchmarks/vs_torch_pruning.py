@@ -463,6 +463,34 @@ def worst_nodes(original: dict[str, Node], pruned: dict[str, Node], label: str, 
     return "\n".join(lines)
 
 
+def _work(node: Node) -> int:
+    """What a kernel's time should scale with: its MACs, or its output elements for an op without MACs."""
+    return node.macs or math.prod(node.shape)
+
+
+def op_mix_estimate(original: dict[str, Node], pruned: dict[str, Node]) -> tuple[float, float]:
+    """(latency ratio, realized) if every original kernel's time scaled exactly with its own work.
+
+    What a uniform ratio can reach with proportional kernels: a depthwise conv's MACs shrink in
+    proportion to its channels, a pointwise conv's with their square, so a network that spends
+    more of its time than of its MACs in depthwise convs (and element-wise ops) realizes less
+    than 1.0 even when every kernel is ideal. An estimate, not a bound: smaller tensors can also
+    fit a cache they did not fit before. Kernels with MACs are paired in execution order when
+    both graphs have as many (node names differ after another tool's folding), others by name;
+    an unpaired original node keeps its time.
+    """
+    paired = {name: pruned.get(name) for name in original}
+    heavy = [name for name, node in original.items() if node.macs]
+    pruned_heavy = [node for node in pruned.values() if node.macs]
+    if len(heavy) == len(pruned_heavy):
+        paired.update(zip(heavy, pruned_heavy))
+    before = sum(node.ms for node in original.values())
+    after = sum(node.ms * (_work(other) / _work(node) if other is not None and _work(node) else 1.0)
+                for node, other in ((original[name], paired[name]) for name in original))
+    macs = sum(node.macs for node in pruned.values()) / sum(node.macs for node in original.values())
+    return after / before, macs / (after / before)
+
+
 def per_layer(name: str, runs: int, threads: int, top: int) -> str:
     found = [v for v in variants(name, [TORCH_PRUNING, ONNXPRUNE]) if v.path is not None]
     shape = input_shape(name)
@@ -479,7 +507,13 @@ def per_layer(name: str, runs: int, threads: int, top: int) -> str:
                      f"{profiled[label][1]}; conv out channels {' '.join(convs)}")
     for label in profiles:
         if label != ORIGINAL:
-            parts += ["", worst_nodes(profiles[ORIGINAL], profiles[label], label, top)]
+            latency, realized = op_mix_estimate(profiles[ORIGINAL], profiles[label])
+            measured = sum(n.ms for n in profiles[label].values()) / sum(n.ms for n in profiles[ORIGINAL].values())
+            kernel = sum(n.macs for n in profiles[label].values()) / sum(n.macs for n in profiles[ORIGINAL].values())
+            parts += ["", f"{label}: if every kernel's time scaled with its own MACs (output elements where it has "
+                          f"none), latency would be {latency:.3f} of the original and realized {realized:.2f}; "
+                          f"this profile measured {measured:.3f} (realized {kernel / measured:.2f}, kernel MACs)",
+                      "", worst_nodes(profiles[ORIGINAL], profiles[label], label, top)]
     return "\n".join(parts)
 
 
