@@ -449,3 +449,25 @@ def test_concat_bound_group_keeps_every_slice_aligned():
         kept = slice_kept(select(channel_graph, scores, PolicyConfig(ratio=0.5), timer=FakeTable(untimeable=True))
                           [only.id])
         assert sum(kept) == 48 and all(count % 8 == 0 and count >= 8 for count in kept)
+
+
+@pytest.mark.parametrize("name", ["densenet", "inception"])
+def test_pruned_zoo_concat_producers_keep_multiples_of_the_unit(name):
+    import onnxruntime as ort
+
+    from models.architectures import export_onnx
+    from onnxprune.api import prune_model
+
+    model = export_onnx(name)
+    pruned = prune_model(model, "l1", PolicyConfig(ratio=0.5, round_to=4)).model
+    before, after = conv_widths(model), conv_widths(pruned)
+    assert all(width % 4 == 0 for width in after) and sum(after) < sum(before)
+    shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    feed = {model.graph.input[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
+    (out,) = ort.InferenceSession(pruned.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+    assert np.isfinite(out).all()
+
+
+def conv_widths(model) -> list[int]:
+    dims = {t.name: t.dims for t in model.graph.initializer}
+    return [dims[node.input[1]][0] for node in model.graph.node if node.op_type == "Conv"]
