@@ -43,6 +43,11 @@ from onnxprune.retrain.evaluate import LabelledData, evaluate, load_labelled  # 
 
 DATA = ROOT.parent / "shared" / "data" / "cifar10.npz"
 OUTPUT = ROOT / "benchmarks" / "results" / "recovery.md"
+MEMORY_OUTPUT = OUTPUT.with_name("recovery_memory.md")
+MEMORY_NOTE = ("What bounds it: the calibration images themselves (as float32), and the two activation caches of "
+               "the layer-by-layer sweep (pruned and original network, `activations.CACHE_LIMIT` = 1 GiB each; a cut "
+               "that would exceed it is dropped and the next pass starts from the inputs), plus one batch of "
+               "activations and the normal equations of one stage. More calibration images raise only the first term.")
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 MODELS = ("resnet56_cifar10", "resnet20_cifar10")
 TARGETS = {"-30 %": 0.7, "-50 %": 0.5}
@@ -254,7 +259,10 @@ def main() -> None:
     parser.add_argument("--output", type=Path, default=OUTPUT)
     args = parser.parse_args()
     if args.memory:
-        print(memory())
+        line = memory()
+        print(line)
+        command = "OPENBLAS_NUM_THREADS=1 python benchmarks/recovery.py --memory"
+        write_text(MEMORY_OUTPUT, f"# Recovery memory\n\n`{command}`\n\n{line}\n\n{MEMORY_NOTE}\n")
         return
     rows = [row for row in args.rows.split(",") if row]
     unknown = sorted(set(rows) - {*RECOVERY, *FINETUNE})
