@@ -10,11 +10,12 @@ onnxruntime latency (CPU, graph optimizations on) of all variants timed in inter
 every round makes fresh sessions and runs them in a random order, the table gives the median
 over rounds of each round's median, and the spread (max/min over rounds). "Realized" is
 (MACs after / before) / (latency after / before): 1.0 means latency fell as much as MACs did.
-"top-1 agree" is the fraction of random inputs on which a pruned model's top class is the
-original's (the zoo's weights are random: fidelity, not accuracy). The ``onnxprune-latency`` tool
-prunes to ``--latency-target`` (default 0.4, about the latency Torch-Pruning's ratio 0.5 keeps on
-the mobile networks) and is compared with Torch-Pruning at that latency: faster and at least as
-faithful is "met".
+The ``onnxprune-latency`` tool prunes to ``--latency-target``, by default the latency ratio
+Torch-Pruning's model measures (3 interleaved rounds at 1 thread), and is compared with it: at
+most as slow while keeping at least as many parameters is "met". Fidelity cannot be compared on
+this zoo: its weights are random, and every tool's 50 % pruning leaves outputs uncorrelated with
+the original's (centred output cosine about 0 for all of them, one trial), so only the trained
+CIFAR ResNet-56 could tell, and Torch-Pruning fails on it.
 
 Same semantics, matched as follows. onnxprune's ``--ratio r`` removes floor(r * n) of the n
 prunable channels of every coupled group (a residual stage, a concat's producers, a depthwise
@@ -74,9 +75,8 @@ RATIO = 0.5
 CIFAR_WEIGHTS = ROOT.parent / "shared" / "models" / "resnet56_cifar10.npz"
 MODELS = [*imagenet.IMAGENET_MODELS, "resnet56"]
 ORIGINAL, TORCH_PRUNING, ONNXPRUNE, ONNXSIM = "original", "torch-pruning", "onnxprune", "onnxsim"
-ONNXPRUNE_LATENCY = "onnxprune-latency"  # prune_model(model, "l1", PolicyConfig(latency_target=LATENCY_TARGET))
-LATENCY_TARGET = 0.4  # about the latency Torch-Pruning's ratio 0.5 keeps on the mobile networks
-FIDELITY_SAMPLES = 16  # random inputs the pruned outputs are compared with the original's on
+ONNXPRUNE_LATENCY = "onnxprune-latency"  # prune_model(model, "l1", PolicyConfig(latency_target=...))
+LATENCY_TARGET = 0.4  # the equal-latency arm's target where Torch-Pruning has no model to match
 CONV_OPS = {"Conv", "FusedConv", "NhwcFusedConv"}
 
 
@@ -174,19 +174,28 @@ def _onnxsim(model: onnx.ModelProto) -> onnx.ModelProto:
     return pruning.apply_structured_pruning(pipeline.optimize(model).model, sparsity=RATIO, importance_norm="l1")
 
 
-def variants(name: str, tools: Sequence[str], latency_target: float = LATENCY_TARGET) -> list[Variant]:
-    """Original, then the pruned variants named in ``tools``; exports are cached in CACHE."""
+def variants(name: str, tools: Sequence[str], latency_target: float | None = None) -> list[Variant]:
+    """Original, then the pruned variants named in ``tools``; exports are cached in CACHE.
+
+    The equal-latency arm prunes to ``latency_target``, or by default to the latency ratio
+    Torch-Pruning's model measures (``tools`` must then name Torch-Pruning before it).
+    """
     CACHE.mkdir(parents=True, exist_ok=True)
     model, shape = torch_model(name)
     found = [_cached_export(CACHE / f"{name}.onnx", lambda: model, shape)]
     found[0].label = ORIGINAL
+
+    def equal_latency() -> Variant:
+        reference = next((v for v in found if v.label == TORCH_PRUNING), Variant("", None))
+        target = latency_target or matched_target(found[0], reference, shape)
+        return _onnx_pruned(CACHE / f"{name}.{ONNXPRUNE_LATENCY}.onnx",
+                            functools.partial(_onnxprune_latency, target=target), ONNXPRUNE_LATENCY)
+
     builders = {
         TORCH_PRUNING: lambda: _cached_export(CACHE / f"{name}.tp.onnx", lambda: torch_pruning(model, shape), shape),
         ONNXPRUNE: lambda: _onnx_pruned(CACHE / f"{name}.onnxprune.onnx", _onnxprune, ONNXPRUNE),
         ONNXSIM: lambda: _onnx_pruned(CACHE / f"{name}.onnxsim.onnx", _onnxsim, ONNXSIM),
-        ONNXPRUNE_LATENCY: lambda: _onnx_pruned(
-            CACHE / f"{name}.{ONNXPRUNE_LATENCY}.onnx", functools.partial(_onnxprune_latency, target=latency_target),
-            ONNXPRUNE_LATENCY),
+        ONNXPRUNE_LATENCY: equal_latency,
     }
     for tool in tools:
         variant = builders[tool]()
@@ -224,20 +233,12 @@ def counts(path: Path, shape: Sequence[int]) -> Counts:
     return Counts(model_stats.macs, model_stats.params, model_stats.op_histogram, convs)
 
 
-def agreement(original: Path, pruned: Path, shape: Sequence[int]) -> float:
-    """Fraction of FIDELITY_SAMPLES random inputs on which the pruned model's top-1 class is the original's.
-
-    The zoo's weights are random (no ImageNet here), so this is fidelity to the unpruned network,
-    not accuracy: it compares which tool's choice of channels disturbs the function less.
-    """
-    rng = np.random.default_rng(1)
-    sessions = [ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]) for path in (original, pruned)]
-    same = 0
-    for _ in range(FIDELITY_SAMPLES):
-        feed = {"input": rng.standard_normal(tuple(shape), dtype=np.float32)}
-        first, second = (session.run(None, feed)[0] for session in sessions)
-        same += int(first.argmax() == second.argmax())
-    return same / FIDELITY_SAMPLES
+def matched_target(original: Variant, reference: Variant, shape: Sequence[int]) -> float:
+    """The latency ratio ``reference`` (Torch-Pruning's model) measures at 1 thread: the equal-latency arm's target."""
+    if original.path is None or reference.path is None:
+        return LATENCY_TARGET
+    first, second = interleaved([original.path, reference.path], shape, 1, 3, 5)
+    return min(second.median_ms / first.median_ms, 0.95)
 
 
 # --- latency -------------------------------------------------------------------------------------
@@ -273,7 +274,6 @@ class Row:
     latency: dict[int, float] = field(default_factory=dict)  # threads -> after / before
     spread: dict[int, float] = field(default_factory=dict)
     misaligned: str = ""
-    agreement: float = math.nan  # top-1 agreement with the original on random inputs
     seconds: float = 0.0
     error: str = ""
 
@@ -282,7 +282,7 @@ class Row:
 
 
 def compare(name: str, tools: Sequence[str], threads: Sequence[int], rounds: int, runs: int,
-            latency_target: float = LATENCY_TARGET) -> list[Row]:
+            latency_target: float | None = None) -> list[Row]:
     found = variants(name, tools, latency_target)
     shape = input_shape(name)
     ok = [v for v in found if v.path is not None]
@@ -297,7 +297,6 @@ def compare(name: str, tools: Sequence[str], threads: Sequence[int], rounds: int
             c = measured[variant.label]
             row.macs, row.params = c.macs / base.macs, c.params / base.params
             row.misaligned = f"{c.misaligned(8)}/{c.misaligned(16)}/{len(c.convs)}"
-            row.agreement = agreement(paths[0], variant.path, shape) if variant.path is not None else math.nan
             index = [v.label for v in ok].index(variant.label)
             for t, timing in timings.items():
                 row.latency[t] = timing[index].median_ms / timings[t][0].median_ms
@@ -309,7 +308,7 @@ def compare(name: str, tools: Sequence[str], threads: Sequence[int], rounds: int
 def markdown(rows: Sequence[Row], threads: Sequence[int]) -> str:
     names = {t: f"{t} thr" if t else "all thr" for t in threads}
     head = ["model", "tool", "MACs", "params", *(f"latency {names[t]}" for t in threads),
-            *(f"realized {names[t]}" for t in threads), "top-1 agree", "convs off 8/16/all", "prune s"]
+            *(f"realized {names[t]}" for t in threads), "convs off 8/16/all", "prune s"]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for r in rows:
         if r.error:
@@ -319,7 +318,7 @@ def markdown(rows: Sequence[Row], threads: Sequence[int]) -> str:
         else:
             cells = [r.model, r.tool, f"{r.macs:.3f}", f"{r.params:.3f}",
                      *(f"{r.latency[t]:.3f} (×{r.spread[t]:.2f})" for t in threads),
-                     *(f"{r.realized(t):.2f}" for t in threads), f"{r.agreement:.2f}", r.misaligned,
+                     *(f"{r.realized(t):.2f}" for t in threads), r.misaligned,
                      f"{r.seconds:.1f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -342,7 +341,7 @@ def geomean_lines(rows: Sequence[Row], threads: Sequence[int]) -> list[str]:
     return lines
 
 
-def equal_latency_lines(rows: Sequence[Row], threads: int, target: float) -> list[str]:
+def equal_latency_lines(rows: Sequence[Row], threads: int) -> list[str]:
     """Per model: onnxprune's latency target against Torch-Pruning's uniform ratio, latency and fidelity."""
     by_model: dict[str, dict[str, Row]] = defaultdict(dict)
     for r in rows:
@@ -354,10 +353,10 @@ def equal_latency_lines(rows: Sequence[Row], threads: int, target: float) -> lis
         if ours is None or theirs is None or threads not in ours.latency:
             continue
         faster = ours.latency[threads] <= theirs.latency[threads]
-        truer = ours.agreement >= theirs.agreement
-        lines.append(f"{model}: latency-target {target} keeps {ours.latency[threads]:.3f} of the latency "
-                     f"(Torch-Pruning {theirs.latency[threads]:.3f}), top-1 agreement {ours.agreement:.2f} "
-                     f"(Torch-Pruning {theirs.agreement:.2f}): {'met' if faster and truer else 'NOT met'}")
+        fuller = ours.params >= theirs.params
+        lines.append(f"{model}: aimed at Torch-Pruning's latency ({theirs.latency[threads]:.3f}), onnxprune "
+                     f"measures {ours.latency[threads]:.3f} and keeps {ours.params:.3f} of the parameters "
+                     f"(Torch-Pruning {theirs.params:.3f}): {'met' if faster and fuller else 'NOT met'}")
     return lines
 
 
@@ -531,8 +530,8 @@ def main() -> None:
     parser.add_argument("--threads", default="1,0", help="comma-separated intra-op thread counts; 0: all cores")
     parser.add_argument("--per-layer", metavar="MODEL", help="profile one model node by node instead")
     parser.add_argument("--json", type=Path, help="also write the rows here")
-    parser.add_argument("--latency-target", type=float, default=LATENCY_TARGET,
-                        help=f"of the {ONNXPRUNE_LATENCY} tool (default {LATENCY_TARGET})")
+    parser.add_argument("--latency-target", type=float,
+                        help=f"of the {ONNXPRUNE_LATENCY} tool (default: Torch-Pruning's measured latency ratio)")
     parser.add_argument("--top", type=int, default=15, help="worst nodes listed by --per-layer")
     args = parser.parse_args()
     threads = [int(t) for t in args.threads.split(",")]
@@ -545,7 +544,7 @@ def main() -> None:
         rows += compare(name, tools, threads, args.rounds, args.runs, args.latency_target)
         print(markdown([r for r in rows if r.model == name], threads), flush=True)
     print(markdown(rows, threads))
-    print("\n".join(geomean_lines(rows, threads) + equal_latency_lines(rows, threads[0], args.latency_target)))
+    print("\n".join(geomean_lines(rows, threads) + equal_latency_lines(rows, threads[0])))
     if args.json:
         args.json.write_text(json.dumps([r.__dict__ for r in rows], indent=1))
 
