@@ -342,7 +342,7 @@ def geomean_lines(rows: Sequence[Row], threads: Sequence[int]) -> list[str]:
 
 
 def equal_latency_lines(rows: Sequence[Row], threads: int) -> list[str]:
-    """Per model: onnxprune's latency target against Torch-Pruning's uniform ratio, latency and fidelity."""
+    """Per model: onnxprune's latency target against Torch-Pruning's uniform ratio, latency and parameters kept."""
     by_model: dict[str, dict[str, Row]] = defaultdict(dict)
     for r in rows:
         if not r.error:
