@@ -223,10 +223,10 @@ def _plan(group: ChannelGroup, score: np.ndarray, config: PolicyConfig, allowed:
         candidate &= allowed
     ranked = np.nonzero(candidate)[0]
     ranked = ranked[np.argsort(score[ranked], kind="stable")]
-    size, unit = group.size, config.round_to or ALIGN
+    size, slice_unit = group.size, config.round_to or ALIGN
     slices = _slices(group)
-    if unit > 1 and len(slices) > 1 and min(len(part) for part in slices) >= 2 * unit:
-        order, steps = _sliced_order(ranked, slices, unit, score)
+    if slice_unit > 1 and len(slices) > 1 and min(len(part) for part in slices) >= 2 * slice_unit:
+        order, steps = _sliced_order(ranked, slices, slice_unit, score)
         aligned = size - steps
     else:
         order = _keep_every_axis(group, ranked)
