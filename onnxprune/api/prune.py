@@ -25,6 +25,7 @@ import onnx_graphsurgeon as gs
 
 from onnxprune import channels
 from onnxprune.api.common import Cost, Feeds, Inputs, PathLike, Shapes, fidelity_check, rewrite_file
+from onnxprune.api.latency_target import meet_latency_target
 from onnxprune.channels import importance, policy, surgery
 from onnxprune.core import data
 from onnxprune.core import model as model_io
@@ -128,11 +129,17 @@ def prune_model(
         channel_graph = channels.analyse(graph)
     with phases.time("scoring"):
         scores = {group.id: scorer(group, graph) for group in channel_graph.prunable}
+    shapes = data.resolve_input_shapes(model, input_shapes)
     with phases.time("counting"):
         counted = stats.model_stats(model_io.export_graph(graph, hollow_above=stats.SHAPE_VALUE_LIMIT),  # no weights
-                                    data.resolve_input_shapes(model, input_shapes))
+                                    shapes)
     with phases.time("selection"):
         remove = policy.select(channel_graph, scores, config, counted)
+    if config.latency_target is not None and config.latency_trials:
+        with phases.time("latency check"):
+            feed = data.random_feeds(model, shapes)[0]
+            remove = meet_latency_target(model, model_io.to_model(graph, model), channel_graph, scores, config,
+                                         counted, feed, remove)
     original, kept = None, {}
     if "lsq" in methods:
         with phases.time("recovery"):

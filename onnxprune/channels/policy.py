@@ -94,6 +94,7 @@ class PolicyConfig:
     latency_aware: bool = True  # time layers (cached) to round each group to a fast count
     latency_target: float | None = None
     latency_threads: int = 1  # onnxruntime threads the layer table is timed with
+    latency_trials: int = 3  # pruned models built and timed to correct the table's prediction (0: trust it)
 
     @property
     def targets(self) -> bool:
@@ -138,9 +139,11 @@ def select(
 
 class Selection(dict[int, np.ndarray]):
     """Group id -> sorted channel indices to remove; ``predicted_latency``: the fraction of the layer
-    table's latency the pruned model keeps, where the policy predicted it (``latency_target``)."""
+    table's latency the pruned model keeps, where the policy predicted it (``latency_target``);
+    ``measured_latency``: the fraction onnxruntime measured, where the pruned model was timed."""
 
     predicted_latency: float | None = None
+    measured_latency: float | None = None
 
 
 def validate(config: PolicyConfig) -> None:
@@ -164,6 +167,8 @@ def validate(config: PolicyConfig) -> None:
         raise OptionError(f"{{}} {config.round_to} must be at least 1", "round_to")
     if config.latency_threads < 1:
         raise OptionError(f"{{}} {config.latency_threads} must be at least 1", "latency_threads")
+    if config.latency_trials < 0:
+        raise OptionError(f"{{}} {config.latency_trials} must be at least 0", "latency_trials")
     if not config.bin_width > 0:
         raise OptionError(f"{{}} {config.bin_width:g} must be positive", "bin_width")
     for pattern in config.exclude:

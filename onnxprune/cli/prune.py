@@ -41,8 +41,12 @@ def _add_prune(commands) -> None:
                         help="per-group histogram threshold on BN scales (joint-pruning patent)")
     parser.add_argument("--min-channels", type=int, default=1, help="never keep fewer channels in a group")
     parser.add_argument("--latency-target", type=float,
-                        help="keep this fraction of the latency the layer table predicts (e.g. 0.5), removing "
-                             "the channels of least importance per millisecond saved")
+                        help="keep this fraction of the model's latency (e.g. 0.5), removing the channels of least "
+                             "importance per millisecond the layer table says they save")
+    parser.add_argument("--latency-trials", type=int, default=3,
+                        help="with --latency-target: build and time up to N prunings against the original, "
+                             "correcting the layer table's estimate by what onnxruntime measures (0: trust the "
+                             "table; default 3)")
     parser.add_argument("--round-to", type=int,
                         help="keep channel counts at multiples of N (1: exact counts); default: multiples of 8 "
                              "moved to the count the layer table times fastest")
@@ -86,6 +90,7 @@ def _prune(args: argparse.Namespace) -> int:
         params_target=args.params_target, threshold=args.threshold, min_channels=args.min_channels,
         round_to=args.round_to, exclude=args.exclude, keep_residual=args.keep_residual,
         latency_aware=args.latency_aware, latency_target=args.latency_target, latency_threads=args.threads,
+        latency_trials=args.latency_trials,
     )
     if args.layers:
         return _prune_layers_too(args, config)
@@ -97,7 +102,9 @@ def _prune(args: argparse.Namespace) -> int:
         input_shapes=data.parse_input_shapes(args.input_shape), data_source=data_source(args), runs=args.runs,
         threads=args.threads, criterion_options=_criterion_options(args), keep_bn=args.keep_bn,
     )
-    payload = {**outcome.to_dict(), "predicted_latency": _predicted_latency(outcome)}
+    selection = _selection(outcome)
+    payload = {**outcome.to_dict(), "predicted_latency": selection.predicted_latency,
+               "checked_latency": selection.measured_latency}
     emit(args, payload, lambda: report.with_phases(_prune_text(outcome), outcome.phases, args.verbose))
     return 0
 
@@ -138,19 +145,23 @@ def _prune_text(outcome: api.PruneOutcome) -> str:
     ])
 
 
-def _predicted_latency(outcome: api.PruneOutcome) -> float | None:
+def _selection(outcome: api.PruneOutcome) -> policy.Selection:
     removed = outcome.pruned.removed
-    return removed.predicted_latency if isinstance(removed, policy.Selection) else None
+    return removed if isinstance(removed, policy.Selection) else policy.Selection(removed)
 
 
 def _latency_line(outcome: api.PruneOutcome) -> list[str]:
-    """The latency the policy predicted (``--latency-target``) beside the one measured."""
-    predicted = _predicted_latency(outcome)
-    if predicted is None:
+    """With ``--latency-target``: the layer table's prediction, the policy's check, the report's measurement."""
+    selection = _selection(outcome)
+    if selection.predicted_latency is None:
         return []
+    parts = [f"predicted {selection.predicted_latency:.2f} of the original by the layer table"]
+    if selection.measured_latency is not None:
+        parts.append(f"{selection.measured_latency:.2f} when the pruning was checked")
     before, after = outcome.cost.before.median_ms, outcome.cost.after.median_ms
-    measured = f", measured {after / before:.2f}" if before and after is not None else ""
-    return [f"latency: predicted {predicted:.2f} of the original by the layer table{measured}"]
+    if before and after is not None:
+        parts.append(f"measured {after / before:.2f}")
+    return ["latency: " + ", ".join(parts)]
 
 
 def blocked_lines(blocked: dict[str, int], total: int) -> list[str]:

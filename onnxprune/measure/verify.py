@@ -51,12 +51,16 @@ def _first_line(exc: BaseException) -> str:
 
 
 def session(
-    model: ModelLike | bytes, threads: int | None = None, optimize: bool = True
+    model: ModelLike | bytes, threads: int | None = None, optimize: bool = True, profile_prefix: str | None = None
 ) -> ort.InferenceSession:
     """CPU inference session; a path is passed as a path so external data next to it loads, and
-    serialized bytes as they are, so several sessions of one model serialize it once."""
+    serialized bytes as they are, so several sessions of one model serialize it once. With
+    ``profile_prefix``, onnxruntime's profiler writes its trace there (``end_profiling`` names it)."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -79,12 +79,23 @@ def test_round_to_keeps_multiples_and_exclude_keeps_layers(model_path, tmp_path)
     assert all(dim % 8 == 0 for init in weights.values() if len(init.dims) == 4 for dim in init.dims[:1])
 
 
+def test_latency_target_reports_the_table_the_check_and_the_measurement(model_path, tmp_path, capsys):
+    out, report = tmp_path / "pruned.onnx", tmp_path / "r.json"
+    assert main(["prune", str(model_path), str(out), "--latency-target", "0.5", "--latency-trials", "1",
+                 "--runs", "3", "--report", str(report)]) == 0
+    payload = json.loads(report.read_text())
+    assert payload["predicted_latency"] <= 0.5 and payload["checked_latency"] > 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("latency:"))
+    assert "by the layer table" in line and "when the pruning was checked" in line and "measured" in line
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
         (["--ratio", "1.5"], "ratio"),
         (["--flops-target", "0.0001", "--global"], "unreachable"),
         (["--min-channels", "-1", "--ratio", "0.5"], "--min-channels -1 must be at least 0"),
+        (["--latency-target", "0.5", "--latency-trials", "-1"], "--latency-trials -1 must be at least 0"),
     ],
 )
 def test_impossible_requests_exit_2(model_path, tmp_path, capsys, extra, message):

@@ -56,3 +56,35 @@ def test_huge_layers_are_not_timed_and_the_budget_bounds_the_rest(tmp_path):
     assert table([huge, GEMM])[0] is None and table.timed == 2  # answered at once: no 600 MiB weight built
     spent = LatencyTable(cache_dir=tmp_path / "other", runs=1, budget_s=0.0)
     assert spent([CONV, GEMM]) == [None, None] and spent.timed == 0 and not spent.path.exists()
+
+
+def test_a_layer_is_timed_as_inside_a_blocked_network_not_as_a_one_node_model(tmp_path, monkeypatch):
+    """Blocked convs drop the reorders of their one-node model; unblocked convs pay the reorders at their borders."""
+    from onnxprune.measure import latency_table
+
+    kernels = {
+        (1, 64, 56, 56): [("ReorderInput", 0.2), ("Conv", 0.5), ("ReorderOutput", 0.3)],  # the reorder probe
+        (1, 16, 10, 10): [("ReorderInput", 0.1), ("Conv", 2.0), ("ReorderOutput", 0.1)],  # blocked
+        (1, 14, 10, 10): [("Conv", 3.0)],  # unblocked
+        (1, 12): [("Gemm", 0.5)],
+    }
+    monkeypatch.setattr(latency_table, "_kernel_ms", lambda shape, *_: kernels[shape.input])
+    blocked = LayerShape("Conv", (1, 16, 10, 10), (16, 16, 1, 1))
+    unblocked = LayerShape("Conv", (1, 14, 10, 10), (14, 14, 1, 1), (("strides", (2, 2)),))
+    table = LatencyTable(cache_dir=tmp_path, runs=1)
+    ns_per_element = 1e6 * 0.5 / (2 * 64 * 56 * 56)
+    assert table([blocked, GEMM, unblocked]) == pytest.approx(
+        [2.0, 0.5, 3.0 + ns_per_element * (14 * 10 * 10 + 14 * 5 * 5) * 1e-6])
+    assert json.loads(table.path.read_text())["reorder|ns per element"] == pytest.approx(ns_per_element)
+    assert "-v2-" in table.path.name  # entries of the whole-model timing (v1) are not read back
+
+
+def test_profiling_finds_the_reorders_of_a_blocked_conv_and_leaves_no_trace(tmp_path, monkeypatch):
+    from onnxprune.measure.latency_table import _kernel_ms
+
+    monkeypatch.chdir(tmp_path)
+    blocked = _kernel_ms(LayerShape("Conv", (1, 32, 8, 8), (32, 32, 1, 1)), threads=1, runs=2, warmup=1)
+    odd = _kernel_ms(LayerShape("Conv", (1, 14, 8, 8), (14, 14, 1, 1)), threads=1, runs=2, warmup=1)
+    assert {"ReorderInput", "ReorderOutput"} <= {op for op, _ in blocked} and all(ms > 0 for _, ms in blocked)
+    assert not {"ReorderInput", "ReorderOutput"} & {op for op, _ in odd}
+    assert not list(tmp_path.iterdir())  # the profiler's trace went to a temporary folder
