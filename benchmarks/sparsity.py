@@ -8,16 +8,18 @@ stored packed; and what each storage costs onnxruntime on LeNet-5 and ResNet-20.
    iterative schedule: ``--rounds`` rounds at sparsities ``1 - (1 - S)^(r / rounds)``, each
    a ``sparsify`` (dead filters/neurons cut) and ``--epochs`` epochs of masked fine-tuning on
    the 60k training images (AdamW, cosine lr, ``keep_sparsity``: zeros stay zero);
-3. store the result dense, as ONNX ``sparse_initializer`` and packed (float16 values + uint8
-   gaps); print a Markdown table: nonzero / total parameters, file size of each storage, packed
-   ratio vs the original file, onnxruntime latency (1 thread, batch 1 and 64, packed), session
-   creation time, top-1 of the packed file on the 10k test images;
-4. the storage table: dense vs sparse-initializer vs packed on LeNet-5 (the most sparse fine-tuned
-   model) and on ResNet-20 (``--resnet-sparsity`` per layer, no fine-tuning): file size, whether
+3. store the result dense, as ONNX ``sparse_initializer`` and packed (``--values``: float16
+   values by default, or int8, + uint8 gaps); print a Markdown table: nonzero / total
+   parameters, file size of each storage, packed ratio vs the original file, onnxruntime
+   latency (1 thread, batch 1 and 64, packed), session creation time, top-1 of the packed file
+   on the 10k test images;
+4. the storage table: dense vs sparse-initializer vs packed (float16 and int8) on LeNet-5 (the
+   most sparse fine-tuned model) and on ResNet-20 (``--resnet-sparsity`` per layer, no
+   fine-tuning): file size, whether
    onnx's full checker passes, session creation, latency, max |output - dense sparse model|.
 
     python benchmarks/sparsity.py [--sparsities 0.955] [--rounds 3] [--epochs 2] [--final-epochs 10] [--distill]
-                                  [--out DIR]
+                                  [--values float16|int8] [--out DIR]
 
 With ``--out DIR`` the fine-tuned models are kept there and a rerun reuses them. The settings
 were chosen on the test set (MNIST has no validation split here): read the accuracy as a
@@ -67,10 +69,11 @@ class Row:
     session_ms: float = 0.0
 
 
-def make_row(name: str, dense: onnx.ModelProto, test: LabelledData, compact: bool = True) -> Row:
-    """Count and store ``dense``; top-1 of the packed file (float16 values) when ``compact``."""
-    packed = storage.encode(dense, "packed") if compact else dense
-    sizes = {kind: storage.encode(dense, kind).ByteSize() for kind in storage.STORAGES} if compact else {
+def make_row(name: str, dense: onnx.ModelProto, test: LabelledData, values: str = "float16",
+             compact: bool = True) -> Row:
+    """Count and store ``dense``; top-1 of the packed file (``values`` its values' type) when ``compact``."""
+    packed = storage.encode(dense, "packed", values) if compact else dense
+    sizes = {kind: storage.encode(dense, kind, values).ByteSize() for kind in storage.STORAGES} if compact else {
         "dense": dense.ByteSize()}
     return Row(name, dense, packed, evaluate(packed, test).top1, sizes, masks.count(dense))
 
@@ -151,10 +154,11 @@ def markdown(rows: list[Row]) -> str:
 def storage_table(name: str, dense: onnx.ModelProto, feed: dict[str, np.ndarray], runs: int) -> list[str]:
     """Every storage of one sparse model: size, full checker, session creation, latency, deviation (interleaved)."""
     reference = verify.run(dense, [feed])[0]
-    stored = [storage.encode(dense, kind) for kind in storage.STORAGES]
+    kinds = [*storage.STORAGES, "packed int8"]
+    stored = [storage.encode(dense, *kind.split()) for kind in kinds]
     timed = latency.measure_many(stored, feed, runs=runs, warmup=max(3, runs // 10))
     lines = []
-    for kind, model, timing, session in zip(storage.STORAGES, stored, timed, session_ms(stored)):
+    for kind, model, timing, session in zip(kinds, stored, timed, session_ms(stored)):
         try:
             onnx.checker.check_model(model, full_check=True)
             checker = "passes"
@@ -183,6 +187,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--runs", type=int, default=300, help="timed runs at batch 1")
     parser.add_argument("--resnet-sparsity", type=float, default=0.9)
+    parser.add_argument("--values", default="float16", choices=["float16", "float32", "int8"],
+                        help="packed values' type (int8: 2 bytes per nonzero instead of 3)")
     parser.add_argument("--train-limit", type=int)
     parser.add_argument("--out", type=Path, help="keep the fine-tuned models here and reuse them")
     return parser.parse_args(argv)
@@ -204,11 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     log(f"original: top-1 {100 * rows[0].top1:.2f} %")
     for final in [float(s) for s in args.sparsities.split(",") if s]:
         oneshot = sparsify_model(original, Threshold(sparsity=final, global_scope=True), "dense").dense
-        rows.append(make_row(f"{final:g} sparse, one-shot, before fine-tuning", oneshot, test))
+        rows.append(make_row(f"{final:g} sparse, one-shot, before fine-tuning", oneshot, test, args.values))
         log(f"  {rows[-1].name}: top-1 {100 * rows[-1].top1:.2f} %")
         tuned = sparsify_model(iterative(original, final, train, args), storage_kind="dense").dense
         schedule = f"{args.rounds} rounds ({args.epochs}, ..., {args.final_epochs} epochs)"
-        rows.append(make_row(f"{final:g} sparse, {schedule} masked fine-tuning", tuned, test))
+        rows.append(make_row(f"{final:g} sparse, {schedule} masked fine-tuning", tuned, test, args.values))
         log(f"  {rows[-1].name}: top-1 {100 * rows[-1].top1:.2f} %, packed {rows[-1].sizes['packed']:,} B")
     log("timing with onnxruntime (1 thread, interleaved) ...")
     time_rows(rows, test, args.runs)

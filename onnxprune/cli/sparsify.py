@@ -27,7 +27,8 @@ def register(commands) -> None:
                         help="how zeros are stored (default packed: float16 values + uint8 gaps, expanded by "
                              "onnxruntime at load; sparse-initializer: ONNX's field, onnxruntime only)")
     parser.add_argument("--values", choices=sorted(packed.VALUE_TYPES), default="float16",
-                        help="packed values' type (float32: exact, 5 bytes per nonzero instead of 3)")
+                        help="packed values' type: float16 (3 bytes per nonzero), float32 (exact, 5 bytes) or int8 "
+                             "(2 bytes; symmetric per tensor)")
     parser.add_argument("--min-elements", type=int, default=masks.MIN_ELEMENTS,
                         help=f"leave weight tensors smaller than this whole (default {masks.MIN_ELEMENTS})")
     parser.add_argument("--runs", type=int, default=20, help="latency runs per model (0: no timing)")

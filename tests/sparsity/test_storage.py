@@ -51,6 +51,34 @@ def test_packed_float32_is_exact_and_float16_equals_the_rounded_weights(opset):
             np.testing.assert_array_equal(actual, expected)
 
 
+def quantized(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its sparse weights rounded to 255 levels symmetric per tensor, what int8 values store."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(model)
+    for tensor in copy.graph.initializer:
+        values = numpy_helper.to_array(tensor)
+        if values.ndim >= 2:
+            scale = np.float32(np.abs(values).max() / 127)
+            tensor.CopyFrom(numpy_helper.from_array(np.rint(values / scale).astype(np.float32) * scale, tensor.name))
+    return copy
+
+
+@pytest.mark.parametrize("opset", [11, 13])
+def test_packed_int8_equals_the_per_tensor_quantized_weights_at_two_bytes_a_nonzero(opset):
+    dense = sparse_net(density=0.05, opset=opset)
+    stored = storage.encode(dense, "packed", "int8")
+    onnx.checker.check_model(stored, full_check=True)
+    feeds = random_inputs(dense, batch=4)
+    for expected, actual in zip(outputs(quantized(dense), feeds), outputs(stored, feeds), strict=True):
+        np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5 * np.abs(expected).max())
+    arrays = {t.name: numpy_helper.to_array(t) for t in stored.graph.initializer}
+    assert arrays["packed.values"].dtype == np.int8 and np.abs(arrays["packed.values"]).max() == 127
+    assert arrays["packed.values"].nbytes + arrays["packed.deltas"].nbytes == 2 * len(arrays["packed.deltas"])
+    back = {t.name: numpy_helper.to_array(t) for t in storage.decode(stored).graph.initializer}
+    for tensor in quantized(dense).graph.initializer:
+        np.testing.assert_allclose(back[tensor.name], numpy_helper.to_array(tensor), rtol=1e-6, atol=1e-7)
+
+
 def test_packed_and_sparse_initializer_shrink_the_file():
     rng = np.random.default_rng(0)
     weight = np.where(rng.random((300, 200)) < 0.05, rng.standard_normal((300, 200)), 0).astype(np.float32)
@@ -59,6 +87,7 @@ def test_packed_and_sparse_initializer_shrink_the_file():
     sizes = {kind: storage.encode(big, kind).ByteSize() for kind in storage.STORAGES}
     assert sizes["dense"] > 240_000 and 36_000 > sizes["sparse-initializer"] > 12 * 2900
     assert sizes["packed"] < 3.2 * 3100 + 600  # 3 bytes a nonzero, fillers, the subgraph
+    assert storage.encode(big, "packed", "int8").ByteSize() < 2.1 * 3100 + 700  # 2 bytes a nonzero, a Mul
     for expected, actual in zip(outputs(rounded(big), random_inputs(big)),
                                 outputs(storage.encode(big, "packed"), random_inputs(big)), strict=True):
         np.testing.assert_allclose(actual, expected, rtol=0, atol=1e-6 * np.abs(expected).max())  # summation order
