@@ -14,6 +14,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 from torch import nn
@@ -22,7 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from models.reference import CifarResNet, LeNet5  # noqa: E402
+from models.reference import PREPROCESSING, CifarResNet, LeNet5  # noqa: E402
+from onnxprune.core.datasets import declare_normalisation  # noqa: E402
 
 MODELS_DIR = ROOT / "models"
 DEFAULT_WEIGHTS = ROOT.parent / "shared" / "models"
@@ -31,6 +33,7 @@ OUTPUT_NAMES = {
     "resnet56": "resnet56_cifar10.onnx",
     "lenet5": "lenet5_mnist.onnx",
 }
+DATASETS = {"resnet20": "cifar10", "resnet56": "cifar10", "lenet5": "mnist"}
 
 
 def build(name: str, weights_dir: Path) -> tuple[nn.Module, tuple[int, ...]]:
@@ -56,6 +59,14 @@ def export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
         warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export")
         warnings.filterwarnings("ignore", message=".*constant folding be turned off")
         _export(model, x, path)
+
+
+def declare_preprocessing(path: Path, dataset: str) -> None:
+    """Write the input normalisation of ``dataset`` into the model's metadata, so that ``evaluate``,
+    ``finetune`` and ``--data`` apply it without --mean/--std."""
+    model = onnx.load(path)
+    declare_normalisation(model, PREPROCESSING[dataset]["mean"], PREPROCESSING[dataset]["std"])
+    onnx.save(model, path)
 
 
 def _export(model: nn.Module, x: torch.Tensor, path: Path) -> None:
@@ -91,6 +102,7 @@ def main() -> None:
         model, shape = build(name, args.weights_dir)
         path = args.out_dir / OUTPUT_NAMES[name]
         export(model, torch.randn(1, *shape), path)
+        declare_preprocessing(path, DATASETS[name])
         error = max_abs_error(model, path, torch.randn(8, *shape))
         print(f"{name}: wrote {path} ({path.stat().st_size:,} B), "
               f"max |torch - onnxruntime| on a batch of 8: {error:.2e}")

@@ -28,6 +28,7 @@ if str(ROOT) not in sys.path:
 from models.architectures import export  # noqa: E402
 from models.reference import PREPROCESSING, VGG16BN  # noqa: E402
 from onnxprune.core import model as model_io  # noqa: E402
+from onnxprune.core.datasets import declare_normalisation  # noqa: E402
 from onnxprune.retrain.evaluate import evaluate, load_labelled  # noqa: E402
 from onnxprune.retrain.train import TrainConfig, finetune, is_main_process  # noqa: E402
 
@@ -55,7 +56,9 @@ def parse_args() -> argparse.Namespace:
 def initial_model(seed: int):
     """The untrained network as ONNX (BatchNormalization kept, dynamic batch), deterministic in ``seed``."""
     torch.manual_seed(seed)
-    return export(VGG16BN().eval(), (1, 3, 32, 32), opset=13, dynamic_batch=True)
+    model = export(VGG16BN().eval(), (1, 3, 32, 32), opset=13, dynamic_batch=True)
+    declare_normalisation(model, PREPROCESSING["cifar10"]["mean"], PREPROCESSING["cifar10"]["std"])
+    return model
 
 
 def main() -> None:

@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from onnxprune.core.datasets import Dim, Preprocess, array_names, fit_input, format_shape, read_arrays
+from onnxprune.core.datasets import (
+    Dim,
+    Preprocess,
+    array_names,
+    fit_input,
+    format_shape,
+    normalisation,
+    read_arrays,
+)
 from onnxprune.core.errors import InputError, OptionError, UnsupportedModelError
 
 logger = logging.getLogger(__name__)
@@ -252,7 +260,9 @@ def load_feeds(
         key = keys[spec.name]
         where = f"data for input '{spec.name}' ({path}{f': {key!r}' if key else ''})"
         arrays[spec.name] = fit_input(stored[key], _target(spec, shapes), where)
-        steps[spec.name] = Preprocess.for_input(spec.dtype, arrays[spec.name].shape, mean, std)
+        pixels = arrays[spec.name].dtype == np.uint8 and np.dtype(spec.dtype).kind == "f"
+        steps[spec.name] = Preprocess.for_input(spec.dtype, arrays[spec.name].shape,
+                                                *normalisation(model, mean, std, pixels, where))
     lengths = sorted({len(a) for a in arrays.values()})
     if len(lengths) != 1:
         raise InputError(f"data arrays have different sample counts: {lengths}")

@@ -12,7 +12,10 @@ tensors to every command:
    NHWC is transposed, whatever its dtype. Every axis but the batch axis must then match the input.
 3. Scaling: uint8 data for a floating-point input are pixels, scaled to [0, 1] (``x / 255``).
 4. Normalisation: ``mean``/``std`` then give ``(x - mean) / std`` for every floating-point input: one
-   value for all elements, or one per channel (axis 1).
+   value for all elements, or one per channel (axis 1). Not given, they default to what the model
+   declares in its metadata (``onnxprune.input_mean``/``onnxprune.input_std``, comma-separated;
+   the shipped models declare theirs, and every rewrite keeps them); with neither, raw pixels are
+   only scaled, with a warning: a model trained on normalised images scores near chance on them.
 5. Precision: the arithmetic runs in float32 (float64 for a float64 input), then the result is cast to
    the input's dtype. Arrays keep their stored dtype until a batch is taken, so a data set costs its
    file size in memory.
@@ -22,6 +25,7 @@ Batching is the caller's: feeds drop a partial batch a static batch dim cannot t
 
 from __future__ import annotations
 
+import logging
 import os
 import zipfile
 import zlib
@@ -31,8 +35,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import onnx
 
 from onnxprune.core.errors import InputError, OptionError
+
+log = logging.getLogger(__name__)
+
+NORMALISATION_KEYS = {"mean": "onnxprune.input_mean", "std": "onnxprune.input_std"}
 
 Dim = int | str | None
 
@@ -123,6 +132,40 @@ def channel_stats(values: Sequence[float] | None, shape: Sequence[int], name: st
     if len(stats) == 1:
         return stats
     return stats.reshape((1, channels) + (1,) * (len(shape) - 2))
+
+
+def declared_normalisation(model: onnx.ModelProto) -> dict[str, list[float]]:
+    """The input mean/std ``model``'s metadata declares (keys "mean", "std"; absent when not declared)."""
+    props = {prop.key: prop.value for prop in model.metadata_props}
+    declared = {}
+    for name, key in NORMALISATION_KEYS.items():
+        if key in props:
+            try:
+                declared[name] = [float(value) for value in props[key].split(",")]
+            except ValueError:
+                raise InputError(f"the model's metadata {key}={props[key]!r} is not comma-separated numbers") from None
+    return declared
+
+
+def declare_normalisation(model: onnx.ModelProto, mean: Sequence[float], std: Sequence[float]) -> None:
+    """Record in ``model``'s metadata the mean/std its inputs expect after uint8 pixels are scaled to [0, 1]."""
+    kept = [prop for prop in model.metadata_props if prop.key not in NORMALISATION_KEYS.values()]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, values in ((NORMALISATION_KEYS["mean"], mean), (NORMALISATION_KEYS["std"], std)):
+        model.metadata_props.add(key=key, value=",".join(f"{v:g}" for v in values))
+
+
+def normalisation(model: onnx.ModelProto, mean: Sequence[float] | None, std: Sequence[float] | None,
+                  pixels: bool, where: str) -> tuple[Sequence[float] | None, Sequence[float] | None]:
+    """The mean/std to apply: the given ones, else the model's declared ones; a warning for bare pixels."""
+    declared = declared_normalisation(model)
+    mean = declared.get("mean") if mean is None else mean
+    std = declared.get("std") if std is None else std
+    if pixels and mean is None and std is None:
+        log.warning("%s: uint8 pixels are only scaled to [0, 1]: neither --mean/--std nor the model's metadata "
+                    "give a normalisation (a model trained on normalised images scores near chance on these)", where)
+    return mean, std
 
 
 @dataclass(frozen=True, eq=False)

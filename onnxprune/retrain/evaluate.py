@@ -20,7 +20,7 @@ import onnx
 from tqdm import tqdm
 
 from onnxprune.core import data
-from onnxprune.core.datasets import Dim, Preprocess, array_names, fit_input, read_arrays
+from onnxprune.core.datasets import Dim, Preprocess, array_names, fit_input, normalisation, read_arrays
 from onnxprune.core.errors import InputError, OptionError
 from onnxprune.measure import verify
 
@@ -136,6 +136,8 @@ def load_labelled(path: str | os.PathLike, model: onnx.ModelProto, split: str = 
         images, labels = images[:limit], labels[:limit]
     if not len(labels):
         raise InputError(f"{path}: '{x_key}' holds no samples")
+    pixels = images.dtype == np.uint8 and np.dtype(spec.dtype).kind == "f"
+    mean, std = normalisation(model, mean, std, pixels, f"{path}: {x_key!r}")
     return LabelledData(images, labels, Preprocess.for_input(spec.dtype, images.shape, mean, std), f"{path}:{x_key}")
 
 

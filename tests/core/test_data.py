@@ -251,6 +251,40 @@ def test_uint8_and_mean_std_apply_to_any_float_input(tmp_path):
     np.testing.assert_array_equal(feed["x"], np.full((2, 6), 2.0, np.float32))
 
 
+def test_the_models_declared_normalisation_is_the_default_and_bare_pixels_warn(tmp_path, caplog):
+    from onnxprune.core.datasets import declare_normalisation, declared_normalisation
+
+    path = tmp_path / "d.npz"
+    np.savez(path, x_test=np.full((2, 3, 2, 2), 255, np.uint8), y_test=np.zeros(2))
+    model = image_model(["N", 3, 2, 2])
+    with caplog.at_level(logging.WARNING):
+        (plain,) = load_feeds(path, model)
+    assert "uint8 pixels are only scaled to [0, 1]" in caplog.text and plain["x"].max() == 1.0
+    declare_normalisation(model, [0.5, 0.5, 0.5], [0.25, 0.5, 0.25])
+    assert declared_normalisation(onnx.load_from_string(model.SerializeToString())) == {
+        "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.5, 0.25]}
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        (declared,) = load_feeds(path, model)
+        labelled = load_labelled(path, model)
+    assert not caplog.text
+    np.testing.assert_array_equal(declared["x"][0, :, 0, 0], [2.0, 1.0, 2.0])
+    np.testing.assert_array_equal(labelled.inputs(), declared["x"])
+    (given,) = load_feeds(path, model, mean=[0.0], std=[1.0])  # given options win over the metadata
+    assert given["x"].max() == 1.0
+
+
+def test_shipped_models_declare_their_normalisation():
+    from pathlib import Path
+
+    from onnxprune.core.datasets import declared_normalisation
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    assert declared_normalisation(onnx.load(models / "resnet20_cifar10.onnx")) == {
+        "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    assert declared_normalisation(onnx.load(models / "lenet5_mnist.onnx")) == {"mean": [0.1307], "std": [0.3081]}
+
+
 NCHW = np.random.default_rng(1).integers(0, 256, (70, 3, 4, 5), dtype=np.uint8)
 LAYOUTS = {
     "uint8_nhwc": NCHW.transpose(0, 2, 3, 1),
