@@ -11,8 +11,9 @@ every round makes fresh sessions and runs them in a random order, the table give
 over rounds of each round's median, and the spread (max/min over rounds). "Realized" is
 (MACs after / before) / (latency after / before): 1.0 means latency fell as much as MACs did.
 The ``onnxprune-latency`` tool prunes to ``--latency-target``, by default the latency ratio
-Torch-Pruning's model measures (3 interleaved rounds at 1 thread), and is compared with it: at
-most as slow while keeping at least as many parameters is "met". Fidelity cannot be compared on
+Torch-Pruning's model measures (3 interleaved rounds at 1 thread), with the policy's defaults
+(the layer table's proposal checked on onnxruntime and corrected, up to 3 trials), and is
+compared with it: at most as slow while keeping at least as many parameters is "met". Fidelity cannot be compared on
 this zoo: its weights are random, and every tool's 50 % pruning leaves outputs uncorrelated with
 the original's (centred output cosine about 0 for all of them, one trial), so only the trained
 CIFAR ResNet-56 could tell, and Torch-Pruning fails on it.
