@@ -28,15 +28,20 @@ def sparse_net(density: float = 0.1, seed: int = 0, opset: int = 13) -> onnx.Mod
     return model
 
 
-def rounded(model: onnx.ModelProto) -> onnx.ModelProto:
-    """``model`` with its sparse weights rounded to float16, what packed float16 values store."""
+def with_weights(model: onnx.ModelProto, change) -> onnx.ModelProto:
+    """A copy of ``model`` whose weights (initializers of 2 or more dims) are ``change(weights)``."""
     copy = onnx.ModelProto()
     copy.CopyFrom(model)
     for tensor in copy.graph.initializer:
         values = numpy_helper.to_array(tensor)
         if values.ndim >= 2:
-            tensor.CopyFrom(numpy_helper.from_array(values.astype(np.float16).astype(np.float32), tensor.name))
+            tensor.CopyFrom(numpy_helper.from_array(change(values).astype(np.float32), tensor.name))
     return copy
+
+
+def rounded(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with its sparse weights rounded to float16, what packed float16 values store."""
+    return with_weights(model, lambda values: values.astype(np.float16))
 
 
 @pytest.mark.parametrize("opset", [11, 13, 18])
@@ -53,14 +58,12 @@ def test_packed_float32_is_exact_and_float16_equals_the_rounded_weights(opset):
 
 def quantized(model: onnx.ModelProto) -> onnx.ModelProto:
     """``model`` with its sparse weights rounded to 255 levels symmetric per tensor, what int8 values store."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(model)
-    for tensor in copy.graph.initializer:
-        values = numpy_helper.to_array(tensor)
-        if values.ndim >= 2:
-            scale = np.float32(np.abs(values).max() / 127)
-            tensor.CopyFrom(numpy_helper.from_array(np.rint(values / scale).astype(np.float32) * scale, tensor.name))
-    return copy
+
+    def levels(values: np.ndarray) -> np.ndarray:
+        scale = np.float32(np.abs(values).max() / 127)
+        return np.rint(values / scale).astype(np.float32) * scale
+
+    return with_weights(model, levels)
 
 
 @pytest.mark.parametrize("opset", [11, 13])
