@@ -115,6 +115,39 @@ def check_supported(model: onnx.ModelProto) -> None:
         raise UnsupportedModelError(f"the torch executor does not support: {listed}")
 
 
+def separate_constant_copies(model: onnx.ModelProto) -> onnx.ModelProto:
+    """``model`` with every Identity of an initializer replaced by an initializer of its own (a copy).
+
+    Exporters deduplicate equal tensors and hand the duplicates out through Identity nodes: in a
+    freshly initialised VGG every BN of a width reads the one all-ones tensor as its scale *and*
+    as its running variance. Trained as exported, those scales would be frozen buffers that the
+    other layers' running-statistics updates overwrite in place, and the written-back graph
+    would feed one layer's scale to another's variance. Copies train as the separate tensors they
+    stand for. An Identity whose output is a graph output stays.
+    """
+    inputs = {v.name for v in model.graph.input}  # an initializer that is also an input can be overridden
+    inits = {t.name: t for t in model.graph.initializer if t.name not in inputs}
+    outputs = {v.name for v in model.graph.output}
+    kept, copies = [], []
+    for node in model.graph.node:  # topological order: a copy of a copy finds its source made
+        if node.op_type == "Identity" and node.input[0] in inits and node.output[0] not in outputs:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(inits[node.input[0]])
+            copy.name = node.output[0]
+            inits[copy.name] = copy
+            copies.append(copy)
+        else:
+            kept.append(node)
+    if not copies:
+        return model
+    separated = onnx.ModelProto()
+    separated.CopyFrom(model)
+    del separated.graph.node[:]
+    separated.graph.node.extend(kept)
+    separated.graph.initializer.extend(copies)
+    return separated
+
+
 def learnable_initializers(model: onnx.ModelProto) -> set[str]:
     """Float initializers that every reader takes at a learnable position (see ``OpSpec``)."""
     floats = {t.name: math.prod(t.dims) for t in model.graph.initializer if t.data_type in FLOAT_TYPES}

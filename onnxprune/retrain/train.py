@@ -40,7 +40,7 @@ from tqdm import tqdm
 
 from onnxprune.core.errors import InputError, OptionError
 from onnxprune.retrain.evaluate import LabelledData, check_label_range
-from onnxprune.retrain.interpreter import OnnxModule
+from onnxprune.retrain.interpreter import OnnxModule, separate_constant_copies
 from onnxprune.retrain.masks import WeightMasks
 from onnxprune.retrain.renorm import Unfolded, recalibrate, unfold_batchnorm
 from onnxprune.retrain.writeback import write_back
@@ -440,7 +440,7 @@ def finetune(model: onnx.ModelProto, train: LabelledData, config: TrainConfig | 
     """Train ``model``'s float initializers on ``train`` and return the updated copy and history."""
     config = config or TrainConfig()
     _check_classes(model, train, config)
-    return Trainer(model, train, config, val, teacher).run()
+    return Trainer(separate_constant_copies(model), train, config, val, teacher).run()
 
 
 def sparse_train(model: onnx.ModelProto, train: LabelledData, sparsity: Sparsity,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
@@ -165,3 +166,45 @@ def test_bad_options_are_input_errors():
     if not torch.cuda.is_available():
         with pytest.raises(InputError, match="CUDA is not available"):
             resolve_device("cuda")
+
+
+def deduplicated(model):
+    """``model`` as torch's exporter writes an untrained one: equal initializers kept once, the
+    duplicates handed out by Identity nodes (every BN scale and running variance one all-ones tensor)."""
+    from onnx import helper, numpy_helper
+
+    first: dict[bytes, str] = {}
+    copies, kept = [], []
+    for tensor in model.graph.initializer:
+        key = numpy_helper.to_array(tensor).tobytes() + bytes(tensor.dims)
+        if key in first:
+            copies.append(helper.make_node("Identity", [first[key]], [tensor.name]))
+        else:
+            first[key] = tensor.name
+            kept.append(tensor)
+    shared = onnx.ModelProto()
+    shared.CopyFrom(model)
+    del shared.graph.initializer[:], shared.graph.node[:]
+    shared.graph.initializer.extend(kept)
+    shared.graph.node.extend(copies + list(model.graph.node))
+    return shared
+
+
+def test_exporter_deduplicated_initializers_train_as_the_separate_tensors_they_stand_for():
+    from onnxprune.measure.verify import run
+
+    model = conv_net(gamma=(1.0, 1.0))  # untrained-looking BN: scales and variances all ones, the rest zeros
+    for tensor in model.graph.initializer:
+        if tensor.name.endswith(".bias") and tensor.name.startswith("bn"):
+            tensor.CopyFrom(onnx.numpy_helper.from_array(np.zeros(tensor.dims, np.float32), tensor.name))
+    shared = deduplicated(model)
+    assert sum(node.op_type == "Identity" for node in shared.graph.node) == 6
+    data, config = stripes_data(96), TrainConfig(epochs=2, lr=0.05, batch_size=32)
+    plain, separated = finetune(model, data, config).model, finetune(shared, data, config).model
+    assert not [node for node in separated.graph.node if node.op_type == "Identity"]
+    feed = {"x": data.inputs()[:16]}
+    np.testing.assert_allclose(run(separated, [feed])[0]["logits"], run(plain, [feed])[0]["logits"], rtol=1e-4,
+                               atol=1e-4)
+    arrays = {t.name: onnx.numpy_helper.to_array(t) for t in separated.graph.initializer}
+    assert not np.array_equal(arrays["bn1.weight"], arrays["bn2.weight"])  # each scale trained on its own
+    assert not np.array_equal(arrays["bn2.running_var"], arrays["bn1.weight"])
