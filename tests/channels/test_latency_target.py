@@ -17,7 +17,11 @@ def kept_total(selection, sizes):
 
 @pytest.fixture
 def measured(monkeypatch):
-    """Replace the timing by canned ratios; record each selection timed."""
+    """Replace the timing by canned ratios and the layer table by a fake one; record each selection timed."""
+    from onnxprune.channels import policy
+    from tests.channels.test_policy import FakeTable
+
+    monkeypatch.setattr(policy, "LatencyTable", lambda threads: FakeTable())
     timed = []
 
     def use(*ratios):

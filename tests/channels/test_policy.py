@@ -293,15 +293,18 @@ def test_unreachable_target_says_the_floor(option, config, what):
 
 
 class FakeTable:
-    """ms = weight elements / 1000, times ``slow`` when the output count is not a multiple of 16; counts calls."""
+    """ms = weight elements / 1000, times ``slow`` where the output count is no multiple of ``block``; counts calls."""
 
-    def __init__(self, slow: float = 1.0, untimeable: bool = False) -> None:
-        self.slow, self.untimeable, self.shapes = slow, untimeable, []
+    def __init__(self, slow: float = 1.0, untimeable: bool = False, block: int = 16, inputs: bool = False) -> None:
+        self.slow, self.untimeable, self.block, self.inputs, self.shapes = slow, untimeable, block, inputs, []
 
     def __call__(self, shapes):
         self.shapes += shapes
-        return [None if self.untimeable else np.prod(s.weight) / 1000 * (self.slow if s.weight[0] % 16 else 1.0)
+        return [None if self.untimeable else np.prod(s.weight) / 1000 * (self.slow if self._off(s) else 1.0)
                 for s in shapes]
+
+    def _off(self, shape) -> bool:
+        return bool(shape.weight[0] % self.block or self.inputs and shape.weight[1] % self.block)
 
 
 def kept_counts(channel_graph, removed, layers):
@@ -374,6 +377,20 @@ def test_latency_target_is_reached_by_the_cheapest_blocks(target):
     full = sum(w[0] * w[1] for w in ([64, 3], [64, 64], [64, 64], [3, 64]))
     left = 3 * kept[0] + kept[0] * kept[1] + kept[1] * kept[2] + 3 * kept[2]
     assert removed.predicted_latency == pytest.approx(left / full) and target - 0.1 < left / full <= target
+
+
+@pytest.mark.parametrize(("target", "kept"), [
+    (0.5, [8, 40]),  # one unit at a time: [16, 24], the 16-channel group never passing its slow 14
+    (0.8, [8, 64]),  # 16 -> 8 overshoots (0.59): the 64-channel group's units come back (0.67)
+])
+def test_latency_target_steps_over_slow_counts_and_gives_back_what_it_overshot(target, kept):
+    """A 16-channel group rounds in steps of 2, and a conv with either side off a multiple of 8 is
+    3x slower (unblocked kernels): 14, 12 and 10 channels cost time, 8 saves it."""
+    channel_graph = analysed(network([16, 64]))
+    scores = ranked(channel_graph, [0, 1])
+    table = FakeTable(slow=3.0, block=8, inputs=True)
+    removed = select(channel_graph, scores, PolicyConfig(latency_target=target), timer=table)
+    assert kept_counts(channel_graph, removed, [0, 1]) == kept and removed.predicted_latency <= target
 
 
 @pytest.mark.parametrize(("config", "message"), [
