@@ -76,7 +76,7 @@ def test_a_layer_is_timed_as_inside_a_blocked_network_not_as_a_one_node_model(tm
     assert table([blocked, GEMM, unblocked]) == pytest.approx(
         [2.0, 0.5, 3.0 + ns_per_element * (14 * 10 * 10 + 14 * 5 * 5) * 1e-6])
     assert json.loads(table.path.read_text())["reorder|ns per element"] == pytest.approx(ns_per_element)
-    assert "-v2-" in table.path.name  # entries of the whole-model timing (v1) are not read back
+    assert "-v3-" in table.path.name  # entries of earlier formats (whole one-node models, warm caches) are not read
 
 
 def test_profiling_finds_the_reorders_of_a_blocked_conv_and_leaves_no_trace(tmp_path, monkeypatch):
