@@ -79,7 +79,12 @@ def test_round_to_keeps_multiples_and_exclude_keeps_layers(model_path, tmp_path)
     assert all(dim % 8 == 0 for init in weights.values() if len(init.dims) == 4 for dim in init.dims[:1])
 
 
-def test_latency_target_reports_the_table_the_check_and_the_measurement(model_path, tmp_path, capsys):
+def test_latency_target_reports_the_table_the_check_and_the_measurement(model_path, tmp_path, capsys, monkeypatch):
+    from onnxprune.channels import policy
+    from tests.channels.test_policy import FakeTable
+
+    # a fake layer table: timed on a busy machine, this tiny model's floor can sit above the target
+    monkeypatch.setattr(policy, "LatencyTable", lambda threads: FakeTable())
     out, report = tmp_path / "pruned.onnx", tmp_path / "r.json"
     assert main(["prune", str(model_path), str(out), "--latency-target", "0.5", "--latency-trials", "1",
                  "--runs", "3", "--report", str(report)]) == 0
